@@ -1,0 +1,2 @@
+//! qcow2 conformance suite (work in progress).
+#![forbid(unsafe_code)]

@@ -1,0 +1,4 @@
+//! The `qcow2` command line.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,4 @@
+//! `cargo xtask`: project automation.
+#![forbid(unsafe_code)]
+
+fn main() {}
