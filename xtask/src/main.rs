@@ -1,4 +1,30 @@
 //! `cargo xtask`: project automation.
+//!
+//! Subcommands: `conformance [--json]`, `golden`, `fuzz`, `bench codecs`.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod bench_codecs;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("codecs") => bench_codecs::run(&args[2..]),
+            other => Err(format!("unknown bench {other:?}; available: codecs")),
+        },
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    "usage: cargo xtask <conformance [--json] | golden | fuzz | bench codecs>".to_string()
+}

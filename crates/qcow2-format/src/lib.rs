@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod rules;
+pub mod tables;
 pub mod units;
 
 pub use error::{ErrorKind, FormatError, Result};
