@@ -10,11 +10,18 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod area;
 pub mod error;
+pub mod extensions;
+pub mod features;
+pub mod header;
 pub mod rules;
 pub mod tables;
 pub mod units;
 
+pub use area::{Assessment, HeaderArea, Note};
 pub use error::{ErrorKind, FormatError, Result};
 pub use rules::RuleId;
+pub use features::Features;
+pub use header::{CompressionType, CryptMethod, Header};
 pub use units::{ClusterGeometry, ClusterIndex, GuestOffset, HostOffset};

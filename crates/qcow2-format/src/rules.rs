@@ -62,7 +62,7 @@ rules! {
     HDR_REFCOUNT_ORDER = "HDR-REFCOUNT-ORDER";
     /// compression_type is 0 (zlib) or 1 (zstd), and non-zero exactly when incompatible bit 3 is set.
     HDR_COMPRESSION_TYPE = "HDR-COMPRESSION-TYPE";
-    /// Version 2 images have no feature fields, header extensions aside.
+    /// Version 2 images (no feature bitmaps) cannot carry extensions that need an incompatible bit: compress format, external data file.
     HDR_V2_FEATURES = "HDR-V2-FEATURES";
     /// Unknown incompatible feature bits make the image unopenable.
     FEAT_INCOMPAT_UNKNOWN = "FEAT-INCOMPAT-UNKNOWN";
