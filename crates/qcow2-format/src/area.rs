@@ -95,7 +95,11 @@ impl HeaderArea {
             };
             Some(name.to_vec())
         };
-        Ok(Self { header, chain, backing_file })
+        Ok(Self {
+            header,
+            chain,
+            backing_file,
+        })
     }
 
     /// Serializes the area, laying the backing file name right after the extension chain.
@@ -179,7 +183,11 @@ impl HeaderArea {
 
     /// The name a feature bit is known by: this crate's name, else the image's feature name table.
     pub fn feature_name(&self, kind: FeatureKind, bit: u32) -> String {
-        let bit1 = if self.dedup().is_some() { Bit1Meaning::Dedup } else { Bit1Meaning::Corrupt };
+        let bit1 = if self.dedup().is_some() {
+            Bit1Meaning::Dedup
+        } else {
+            Bit1Meaning::Corrupt
+        };
         let bit2 = if self.compress_format().is_some() {
             Bit2Meaning::CompressFormat
         } else {
@@ -214,13 +222,20 @@ impl HeaderArea {
             return Err(FormatError::new(
                 rules::FEAT_INCOMPAT_UNKNOWN,
                 72,
-                ErrorKind::UnknownIncompatible { bits: unknown, names: names.join(", ") },
+                ErrorKind::UnknownIncompatible {
+                    bits: unknown,
+                    names: names.join(", "),
+                },
             ));
         }
         let has_cf = self.compress_format().is_some();
         let has_df = self.data_file().is_some();
         if h.version == 2 && (has_cf || has_df) {
-            let kind = if has_cf { extensions::COMPRESS_FORMAT } else { extensions::EXTERNAL_DATA_FILE };
+            let kind = if has_cf {
+                extensions::COMPRESS_FORMAT
+            } else {
+                extensions::EXTERNAL_DATA_FILE
+            };
             return Err(FormatError::new(
                 rules::HDR_V2_FEATURES,
                 self.ext_offset(kind),
@@ -260,7 +275,10 @@ impl HeaderArea {
                 return Err(FormatError::new(
                     rules::CF_PRESENCE,
                     self.ext_offset(extensions::COMPRESS_FORMAT),
-                    ErrorKind::Conflict("compress format extension present but incompatible bit 2 is clear".to_string()),
+                    ErrorKind::Conflict(
+                        "compress format extension present but incompatible bit 2 is clear"
+                            .to_string(),
+                    ),
                 ));
             }
             if has_df {
@@ -268,7 +286,8 @@ impl HeaderArea {
                     rules::FEAT_BIT2,
                     self.ext_offset(extensions::EXTERNAL_DATA_FILE),
                     ErrorKind::Conflict(
-                        "external data file extension present but incompatible bit 2 is clear".to_string(),
+                        "external data file extension present but incompatible bit 2 is clear"
+                            .to_string(),
                     ),
                 ));
             }
@@ -280,7 +299,8 @@ impl HeaderArea {
                 rules::CF_CONFLICT,
                 self.ext_offset(extensions::COMPRESS_FORMAT),
                 ErrorKind::Conflict(
-                    "compress format extension together with incompatible bit 3 (compression type)".to_string(),
+                    "compress format extension together with incompatible bit 3 (compression type)"
+                        .to_string(),
                 ),
             ));
         }
@@ -309,7 +329,10 @@ impl HeaderArea {
             return Err(FormatError::new(
                 rules::FEAT_RAW_DATA,
                 88,
-                ErrorKind::Conflict("auto-clear bit 1 (raw external data) is set without an external data file".to_string()),
+                ErrorKind::Conflict(
+                    "auto-clear bit 1 (raw external data) is set without an external data file"
+                        .to_string(),
+                ),
             ));
         }
         Ok(Features {
@@ -338,29 +361,61 @@ impl HeaderArea {
         let cs = geometry.cluster_size();
         let base = u64::from(self.header.header_length);
         let offsets = self.chain.data_offsets(base);
-        let mut notes = Vec::new();
+        let mut notes: Vec<Note> = self
+            .chain
+            .findings
+            .iter()
+            .map(|f| Note {
+                rule: f.rule,
+                offset: f.offset,
+                message: f.kind.to_string(),
+            })
+            .collect();
+        let mut read_only = None;
         for (ext, &at) in self.chain.extensions.iter().zip(&offsets) {
             match ext {
                 Extension::Bitmaps(b) if features.bitmaps_consistent => b.validate(at, cs)?,
                 Extension::FullDiskEncryption(f) => f.validate(at, cs)?,
                 Extension::CompressFormat(c) => {
                     if let Some(lookup) = max_level {
-                        c.check_codec(at, lookup)?;
+                        match c.check_codec(at, lookup) {
+                            // Decoding does not depend on the level: reads stay possible.
+                            Err(e) if e.rule == rules::CF_LEVEL => {
+                                read_only = Some(rules::CF_LEVEL);
+                                notes.push(Note {
+                                    rule: e.rule,
+                                    offset: e.offset,
+                                    message: format!(
+                                        "{}: compressed writes would be refused",
+                                        e.kind
+                                    ),
+                                });
+                            }
+                            other => other?,
+                        }
                     }
                     if !c.extra_data.is_empty() {
                         notes.push(Note {
                             rule: rules::CF_EXTRA_DATA,
                             offset: at + 24,
-                            message: format!("{} bytes of compress format extra data kept as is", c.extra_data.len()),
+                            message: format!(
+                                "{} bytes of compress format extra data kept as is",
+                                c.extra_data.len()
+                            ),
                         });
                     }
                 }
-                Extension::Dedup(d) => validate_dedup(d, at, geometry)?,
-                Extension::Unknown { kind, data } => notes.push(Note {
-                    rule: rules::EXT_UNKNOWN,
-                    offset: at - 8,
-                    message: format!("unknown header extension {kind:#010x} ({} bytes) kept as is", data.len()),
-                }),
+                Extension::Dedup(d) => validate_dedup(d, at, geometry, features.dedup())?,
+                Extension::Unknown { kind, data } if Extension::kind_name(*kind) == "unknown" => {
+                    notes.push(Note {
+                        rule: rules::EXT_UNKNOWN,
+                        offset: at - 8,
+                        message: format!(
+                            "unknown header extension {kind:#010x} ({} bytes) kept as is",
+                            data.len()
+                        ),
+                    })
+                }
                 _ => {}
             }
         }
@@ -385,20 +440,22 @@ impl HeaderArea {
                 ErrorKind::Conflict("lazy refcounts need version 3".to_string()),
             ));
         }
-        let mut read_only = None;
         if features.corrupt() {
             read_only = Some(rules::FEAT_CORRUPT);
             notes.push(Note {
                 rule: rules::FEAT_CORRUPT,
                 offset: 72,
-                message: "the image is marked corrupt: it may only be opened read-only until repaired".to_string(),
+                message:
+                    "the image is marked corrupt: it may only be opened read-only until repaired"
+                        .to_string(),
             });
         }
         if features.dirty {
             notes.push(Note {
                 rule: rules::FEAT_DIRTY,
                 offset: 72,
-                message: "the dirty bit is set: refcounts must be rebuilt before writing".to_string(),
+                message: "the dirty bit is set: refcounts must be rebuilt before writing"
+                    .to_string(),
             });
         }
         if features.dedup_stale {
@@ -407,13 +464,6 @@ impl HeaderArea {
                 offset: self.ext_offset(extensions::DEDUP),
                 message: "dedup extension present without incompatible bit 1: the table is stale and not used for writes"
                     .to_string(),
-            });
-        }
-        if features.dedup() {
-            notes.push(Note {
-                rule: rules::DD_PRESENCE,
-                offset: 72,
-                message: "deduplicated image".to_string(),
             });
         }
         if features.unknown_compatible != 0 || features.unknown_autoclear != 0 {
@@ -427,17 +477,36 @@ impl HeaderArea {
             });
         }
         notes.sort_by_key(|n| n.offset);
-        Ok(Assessment { geometry, features, read_only, notes })
+        Ok(Assessment {
+            geometry,
+            features,
+            read_only,
+            notes,
+        })
     }
 }
 
-fn validate_dedup(d: &Dedup, at: u64, geo: ClusterGeometry) -> Result<()> {
+fn validate_dedup(d: &Dedup, at: u64, geo: ClusterGeometry, in_use: bool) -> Result<()> {
+    if in_use && (d.l1_size == 0 || d.l1_offset.0 == 0) {
+        return Err(FormatError::new(
+            rules::DD_PRESENCE,
+            at,
+            ErrorKind::Conflict(
+                "deduplicated image (incompatible bit 1) without a dedup table".to_string(),
+            ),
+        ));
+    }
     let max = MAX_L1_BYTES / 8;
     if u64::from(d.l1_size) > max {
         return Err(FormatError::new(
             rules::DD_L1_SIZE,
             at + 8,
-            ErrorKind::OutOfRange { field: "dedup table size", value: d.l1_size.into(), min: 0, max },
+            ErrorKind::OutOfRange {
+                field: "dedup table size",
+                value: d.l1_size.into(),
+                min: 0,
+                max,
+            },
         ));
     }
     let off = d.l1_offset.0;
@@ -445,7 +514,11 @@ fn validate_dedup(d: &Dedup, at: u64, geo: ClusterGeometry) -> Result<()> {
         return Err(FormatError::new(
             rules::DD_L1_OFFSET,
             at,
-            ErrorKind::Misaligned { field: "dedup table offset", value: off, alignment: geo.cluster_size() },
+            ErrorKind::Misaligned {
+                field: "dedup table offset",
+                value: off,
+                alignment: geo.cluster_size(),
+            },
         ));
     }
     Ok(())

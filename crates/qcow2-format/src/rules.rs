@@ -114,7 +114,7 @@ rules! {
     CF_EXTRA_DATA = "CF-EXTRA-DATA";
     /// The compress format extension cannot be combined with incompatible bit 3.
     CF_CONFLICT = "CF-CONFLICT";
-    /// A dedup extension with incompatible bit 1 marks a deduplicated image.
+    /// A dedup extension with incompatible bit 1 marks a deduplicated image, whose dedup table must exist.
     DD_PRESENCE = "DD-PRESENCE";
     /// A dedup extension without incompatible bit 1 is stale: readable, never used for writes.
     DD_STALE = "DD-STALE";

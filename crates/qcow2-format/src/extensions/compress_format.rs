@@ -117,7 +117,9 @@ impl CompressFormat {
             return Err(FormatError::new(
                 rules::CF_KNOWN,
                 at,
-                ErrorKind::UnknownCompressFormat { name: self.name.clone() },
+                ErrorKind::UnknownCompressFormat {
+                    name: self.name.clone(),
+                },
             ));
         };
         if self.level > max {

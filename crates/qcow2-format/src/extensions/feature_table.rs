@@ -28,12 +28,20 @@ impl FeatureName {
         let mut raw_name = [0u8; NAME_LEN];
         let n = name.len().min(NAME_LEN);
         raw_name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        Self { kind, bit, raw_name }
+        Self {
+            kind,
+            bit,
+            raw_name,
+        }
     }
 
     /// The name up to the first NUL.
     pub fn name(&self) -> String {
-        let end = self.raw_name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        let end = self
+            .raw_name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(NAME_LEN);
         String::from_utf8_lossy(&self.raw_name[..end]).into_owned()
     }
 }
@@ -81,7 +89,11 @@ pub fn parse(data: &[u8], at: u64) -> Result<Vec<FeatureName>> {
             }
             let mut raw_name = [0u8; NAME_LEN];
             raw_name.copy_from_slice(&entry[2..]);
-            Ok(FeatureName { kind, bit, raw_name })
+            Ok(FeatureName {
+                kind,
+                bit,
+                raw_name,
+            })
         })
         .collect()
 }

@@ -7,7 +7,9 @@ use crate::error::{ErrorKind, FormatError, Result};
 use crate::rules::{self, RuleId};
 
 /// The bitmaps extension.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct Bitmaps {
     /// Number of bitmaps in the directory, 1..=65535.
@@ -21,7 +23,9 @@ pub struct Bitmaps {
 }
 
 /// The full disk encryption header pointer.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct FullDiskEncryption {
     /// Offset of the LUKS header (cluster aligned).
@@ -50,27 +54,57 @@ pub fn parse_exact<T: FromBytes + KnownLayout + Immutable + Copy>(
     })
 }
 
-/// QEMU's limit on the bitmap directory size.
-pub const MAX_BITMAP_DIRECTORY: u64 = 64 << 20;
+/// QEMU's limit on the bitmap directory size (1024 bytes for each of at most 65535 bitmaps).
+pub const MAX_BITMAP_DIRECTORY: u64 = 1024 * 65535;
 
 impl Bitmaps {
     /// Checks the field values (EXT-BITMAPS); `at` is the file offset of the data.
     pub fn validate(&self, at: u64, cluster_size: u64) -> Result<()> {
-        let bad = |off: u64, kind: ErrorKind| Err(FormatError::new(rules::EXT_BITMAPS, at + off, kind));
+        let bad =
+            |off: u64, kind: ErrorKind| Err(FormatError::new(rules::EXT_BITMAPS, at + off, kind));
         if self.reserved.get() != 0 {
-            return bad(4, ErrorKind::ReservedSet { field: "bitmaps reserved", value: self.reserved.get().into() });
+            return bad(
+                4,
+                ErrorKind::ReservedSet {
+                    field: "bitmaps reserved",
+                    value: self.reserved.get().into(),
+                },
+            );
         }
         let n = self.nb_bitmaps.get();
         if !(1..=65535).contains(&n) {
-            return bad(0, ErrorKind::OutOfRange { field: "nb_bitmaps", value: n.into(), min: 1, max: 65535 });
+            return bad(
+                0,
+                ErrorKind::OutOfRange {
+                    field: "nb_bitmaps",
+                    value: n.into(),
+                    min: 1,
+                    max: 65535,
+                },
+            );
         }
         let size = self.bitmap_directory_size.get();
         if size == 0 || size > MAX_BITMAP_DIRECTORY {
-            return bad(8, ErrorKind::OutOfRange { field: "bitmap_directory_size", value: size, min: 1, max: MAX_BITMAP_DIRECTORY });
+            return bad(
+                8,
+                ErrorKind::OutOfRange {
+                    field: "bitmap_directory_size",
+                    value: size,
+                    min: 1,
+                    max: MAX_BITMAP_DIRECTORY,
+                },
+            );
         }
         let off = self.bitmap_directory_offset.get();
         if off == 0 || off % cluster_size != 0 {
-            return bad(16, ErrorKind::Misaligned { field: "bitmap_directory_offset", value: off, alignment: cluster_size });
+            return bad(
+                16,
+                ErrorKind::Misaligned {
+                    field: "bitmap_directory_offset",
+                    value: off,
+                    alignment: cluster_size,
+                },
+            );
         }
         Ok(())
     }
@@ -84,14 +118,23 @@ impl FullDiskEncryption {
             return Err(FormatError::new(
                 rules::EXT_FDE,
                 at,
-                ErrorKind::Misaligned { field: "crypto header offset", value: off, alignment: cluster_size },
+                ErrorKind::Misaligned {
+                    field: "crypto header offset",
+                    value: off,
+                    alignment: cluster_size,
+                },
             ));
         }
         if self.length.get() == 0 {
             return Err(FormatError::new(
                 rules::EXT_FDE,
                 at + 8,
-                ErrorKind::OutOfRange { field: "crypto header length", value: 0, min: 1, max: u64::MAX },
+                ErrorKind::OutOfRange {
+                    field: "crypto header length",
+                    value: 0,
+                    min: 1,
+                    max: u64::MAX,
+                },
             ));
         }
         Ok(())

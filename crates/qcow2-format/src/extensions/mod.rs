@@ -111,33 +111,62 @@ impl Extension {
     /// Decodes one extension's data; `at` is the file offset of the data.
     pub fn decode(kind: u32, data: &[u8], at: u64) -> Result<Self> {
         Ok(match kind {
-            BACKING_FORMAT => Self::BackingFormat(name_text(data, at, rules::EXT_BACKING_FORMAT, "backing file format")?),
+            BACKING_FORMAT => Self::BackingFormat(name_text(
+                data,
+                at,
+                rules::EXT_BACKING_FORMAT,
+                "backing file format",
+                MAX_BACKING_FORMAT_LEN,
+            )?),
             FEATURE_TABLE => Self::FeatureTable(feature_table::parse(data, at)?),
-            BITMAPS => Self::Bitmaps(fixed::parse_exact(data, at, rules::EXT_BITMAPS, "bitmaps extension length")?),
+            BITMAPS => Self::Bitmaps(fixed::parse_exact(
+                data,
+                at,
+                rules::EXT_BITMAPS,
+                "bitmaps extension length",
+            )?),
             FULL_DISK_ENCRYPTION => Self::FullDiskEncryption(fixed::parse_exact(
                 data,
                 at,
                 rules::EXT_FDE,
                 "full disk encryption extension length",
             )?),
-            EXTERNAL_DATA_FILE => {
-                Self::ExternalDataFile(name_text(data, at, rules::EXT_DATA_FILE, "external data file name")?)
-            }
+            EXTERNAL_DATA_FILE => Self::ExternalDataFile(name_text(
+                data,
+                at,
+                rules::EXT_DATA_FILE,
+                "external data file name",
+                usize::MAX,
+            )?),
             COMPRESS_FORMAT => Self::CompressFormat(CompressFormat::parse(data, at)?),
             DEDUP => Self::Dedup(Dedup::parse(data, at)?),
-            _ => Self::Unknown { kind, data: data.to_vec() },
+            _ => Self::Unknown {
+                kind,
+                data: data.to_vec(),
+            },
         })
     }
 }
+
+/// QEMU keeps the backing format in a 16-byte C string, so names are at most 15 bytes.
+pub const MAX_BACKING_FORMAT_LEN: usize = 15;
 
 /// Rounds up to a multiple of 8.
 pub const fn padded(len: usize) -> usize {
     len.div_ceil(8) * 8
 }
 
-fn name_text(data: &[u8], at: u64, rule: RuleId, field: &'static str) -> Result<String> {
+fn name_text(
+    data: &[u8],
+    at: u64,
+    rule: RuleId,
+    field: &'static str,
+    max: usize,
+) -> Result<String> {
     let reason = if data.is_empty() {
         "empty"
+    } else if data.len() > max {
+        "too long"
     } else if data.contains(&0) {
         "contains a NUL byte"
     } else {
@@ -146,7 +175,14 @@ fn name_text(data: &[u8], at: u64, rule: RuleId, field: &'static str) -> Result<
             Err(_) => "not UTF-8",
         }
     };
-    Err(FormatError::new(rule, at, ErrorKind::Malformed { field, reason: reason.to_string() }))
+    Err(FormatError::new(
+        rule,
+        at,
+        ErrorKind::Malformed {
+            field,
+            reason: reason.to_string(),
+        },
+    ))
 }
 
 /// One framed record: type, data and padding.
@@ -160,9 +196,17 @@ fn record(input: &[u8]) -> IResult<&[u8], Record<'_>> {
     let (input, kind) = be_u32(input)?;
     let (input, len) = be_u32(input)?;
     let (input, data) = take(len as usize)(input)?;
-    let pad = padded(len as usize) - len as usize;
+    // QEMU only needs the data to fit: padding may be cut off by the end of the area.
+    let pad = (padded(len as usize) - len as usize).min(input.len());
     let (input, padding) = take(pad)(input)?;
-    Ok((input, Record { kind, data, padding }))
+    Ok((
+        input,
+        Record {
+            kind,
+            data,
+            padding,
+        },
+    ))
 }
 
 /// The parsed extension chain.
@@ -172,6 +216,9 @@ pub struct ExtensionChain {
     pub extensions: Vec<Extension>,
     /// Whether the chain ended with an explicit end marker (rather than at the end of the area).
     pub end_marker: bool,
+    /// Problems that do not stop the image from opening (non-zero padding, a
+    /// malformed feature name table); a rewrite normalizes them away.
+    pub findings: Vec<FormatError>,
 }
 
 impl ExtensionChain {
@@ -188,7 +235,11 @@ impl ExtensionChain {
                 return Err(FormatError::new(
                     rules::EXT_FRAMING,
                     at,
-                    ErrorKind::Truncated { what: "extension header", needed: 8, available: rest.len() as u64 },
+                    ErrorKind::Truncated {
+                        what: "extension header",
+                        needed: 8,
+                        available: rest.len() as u64,
+                    },
                 ));
             }
             if rest[..4] == END.to_be_bytes() {
@@ -202,20 +253,34 @@ impl ExtensionChain {
                     rules::EXT_FRAMING,
                     at + 4,
                     ErrorKind::Truncated {
-                        what: "extension data and padding",
-                        needed: padded(len as usize) as u64,
+                        what: "extension data",
+                        needed: len.into(),
                         available: (rest.len() - 8) as u64,
                     },
                 )
             })?;
+            // QEMU never reads padding, so non-zero padding is reported, not refused.
             if let Some(pos) = rec.padding.iter().position(|&b| b != 0) {
-                return Err(FormatError::new(
+                chain.findings.push(FormatError::new(
                     rules::EXT_PADDING,
                     at + 8 + (rec.data.len() + pos) as u64,
-                    ErrorKind::ReservedSet { field: "extension padding", value: rec.padding[pos].into() },
+                    ErrorKind::ReservedSet {
+                        field: "extension padding",
+                        value: rec.padding[pos].into(),
+                    },
                 ));
             }
-            let ext = Extension::decode(rec.kind, rec.data, at + 8)?;
+            let ext = match Extension::decode(rec.kind, rec.data, at + 8) {
+                // The feature name table only names bits in messages: keep a bad one raw and report it.
+                Err(e) if e.rule == rules::EXT_FEATURE_TABLE => {
+                    chain.findings.push(e);
+                    Extension::Unknown {
+                        kind: rec.kind,
+                        data: rec.data.to_vec(),
+                    }
+                }
+                other => other?,
+            };
             if !matches!(ext, Extension::Unknown { .. }) {
                 if seen.contains(&rec.kind) {
                     return Err(FormatError::new(
@@ -268,6 +333,9 @@ impl ExtensionChain {
 
     /// The first extension of type `kind`, with its index.
     pub fn find(&self, kind: u32) -> Option<(usize, &Extension)> {
-        self.extensions.iter().enumerate().find(|(_, e)| e.kind() == kind)
+        self.extensions
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.kind() == kind)
     }
 }
