@@ -14,8 +14,11 @@ pub const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 /// Incompatible bit 4: extended L2 entries with subcluster bitmaps.
 pub const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
 /// Every incompatible bit this crate understands.
-pub const INCOMPAT_KNOWN: u64 =
-    INCOMPAT_DIRTY | INCOMPAT_BIT1 | INCOMPAT_BIT2 | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY
+    | INCOMPAT_BIT1
+    | INCOMPAT_BIT2
+    | INCOMPAT_COMPRESSION_TYPE
+    | INCOMPAT_EXTENDED_L2;
 
 /// Compatible bit 0: lazy refcounts.
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
@@ -136,7 +139,12 @@ impl Features {
 }
 
 /// The name of a feature bit this crate knows, given the meaning bits 1 and 2 take.
-pub fn known_name(kind: FeatureKind, bit: u32, bit1: Bit1Meaning, bit2: Bit2Meaning) -> Option<&'static str> {
+pub fn known_name(
+    kind: FeatureKind,
+    bit: u32,
+    bit1: Bit1Meaning,
+    bit2: Bit2Meaning,
+) -> Option<&'static str> {
     match (kind, bit) {
         (FeatureKind::Incompatible, 0) => Some("dirty bit"),
         (FeatureKind::Incompatible, 1) => Some(match bit1 {

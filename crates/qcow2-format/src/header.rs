@@ -206,12 +206,42 @@ fn truncated(what: &'static str, needed: u64, available: usize) -> FormatError {
     )
 }
 
-fn out_of_range(rule: RuleId, offset: u64, field: &'static str, value: u64, min: u64, max: u64) -> FormatError {
-    FormatError::new(rule, offset, ErrorKind::OutOfRange { field, value, min, max })
+fn out_of_range(
+    rule: RuleId,
+    offset: u64,
+    field: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+) -> FormatError {
+    FormatError::new(
+        rule,
+        offset,
+        ErrorKind::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        },
+    )
 }
 
-fn misaligned(rule: RuleId, offset: u64, field: &'static str, value: u64, alignment: u64) -> FormatError {
-    FormatError::new(rule, offset, ErrorKind::Misaligned { field, value, alignment })
+fn misaligned(
+    rule: RuleId,
+    offset: u64,
+    field: &'static str,
+    value: u64,
+    alignment: u64,
+) -> FormatError {
+    FormatError::new(
+        rule,
+        offset,
+        ErrorKind::Misaligned {
+            field,
+            value,
+            alignment,
+        },
+    )
 }
 
 impl Header {
@@ -235,7 +265,14 @@ impl Header {
         }
         let version = v2.version.get();
         if !(2..=3).contains(&version) {
-            return Err(out_of_range(rules::HDR_VERSION, 4, "version", version.into(), 2, 3));
+            return Err(out_of_range(
+                rules::HDR_VERSION,
+                4,
+                "version",
+                version.into(),
+                2,
+                3,
+            ));
         }
         let mut header = Self {
             version,
@@ -360,7 +397,11 @@ impl Header {
             refcount_order: 4,
             header_length: if v3 { V3_HEADER_LEN } else { V2_HEADER_LEN },
             compression_type: 0,
-            tail: if v3 { vec![0; (V3_HEADER_LEN - COMPRESSION_TYPE_OFFSET - 1) as usize] } else { Vec::new() },
+            tail: if v3 {
+                vec![0; (V3_HEADER_LEN - COMPRESSION_TYPE_OFFSET - 1) as usize]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -403,7 +444,14 @@ impl Header {
             ));
         }
         if CryptMethod::from_raw(self.crypt_method).is_none() {
-            return Err(out_of_range(rules::HDR_CRYPT_METHOD, 32, "crypt_method", self.crypt_method.into(), 0, 2));
+            return Err(out_of_range(
+                rules::HDR_CRYPT_METHOD,
+                32,
+                "crypt_method",
+                self.crypt_method.into(),
+                0,
+                2,
+            ));
         }
         if self.backing_file_offset != 0 {
             if self.backing_file_size > MAX_BACKING_FILE_NAME || self.backing_file_size == 0 {
@@ -416,7 +464,9 @@ impl Header {
                     MAX_BACKING_FILE_NAME.into(),
                 ));
             }
-            let end = self.backing_file_offset.saturating_add(self.backing_file_size.into());
+            let end = self
+                .backing_file_offset
+                .saturating_add(self.backing_file_size.into());
             if end > cs || self.backing_file_offset < u64::from(self.header_length) {
                 return Err(FormatError::new(
                     rules::HDR_BACKING_FILE,
@@ -432,7 +482,14 @@ impl Header {
             }
         }
         if self.size > i64::MAX as u64 {
-            return Err(out_of_range(rules::HDR_SIZE, 24, "size", self.size, 0, i64::MAX as u64));
+            return Err(out_of_range(
+                rules::HDR_SIZE,
+                24,
+                "size",
+                self.size,
+                0,
+                i64::MAX as u64,
+            ));
         }
         let extended_l2 = self.incompatible_features & crate::features::INCOMPAT_EXTENDED_L2 != 0;
         let max_l1 = MAX_L1_BYTES / 8;
@@ -443,15 +500,33 @@ impl Header {
                 24,
                 ErrorKind::Malformed {
                     field: "size",
-                    reason: format!("{} bytes need {needed_l1} L1 entries, more than the limit of {max_l1}", self.size),
+                    reason: format!(
+                        "{} bytes need {needed_l1} L1 entries, more than the limit of {max_l1}",
+                        self.size
+                    ),
                 },
             ));
         }
         if u64::from(self.l1_size) > max_l1 || u64::from(self.l1_size) < needed_l1 {
-            return Err(out_of_range(rules::HDR_L1_SIZE, 36, "l1_size", self.l1_size.into(), needed_l1, max_l1));
+            return Err(out_of_range(
+                rules::HDR_L1_SIZE,
+                36,
+                "l1_size",
+                self.l1_size.into(),
+                needed_l1,
+                max_l1,
+            ));
         }
-        if !geo.is_aligned(self.l1_table_offset.0) || (self.l1_size > 0 && self.l1_table_offset.0 == 0) {
-            return Err(misaligned(rules::HDR_L1_OFFSET, 40, "l1_table_offset", self.l1_table_offset.0, cs));
+        if !geo.is_aligned(self.l1_table_offset.0)
+            || (self.l1_size > 0 && self.l1_table_offset.0 == 0)
+        {
+            return Err(misaligned(
+                rules::HDR_L1_OFFSET,
+                40,
+                "l1_table_offset",
+                self.l1_table_offset.0,
+                cs,
+            ));
         }
         if self.refcount_table_offset.0 == 0 || !geo.is_aligned(self.refcount_table_offset.0) {
             return Err(misaligned(
@@ -463,7 +538,9 @@ impl Header {
             ));
         }
         let max_rt_clusters = (MAX_REFTABLE_BYTES / cs).max(1);
-        if self.refcount_table_clusters == 0 || u64::from(self.refcount_table_clusters) > max_rt_clusters {
+        if self.refcount_table_clusters == 0
+            || u64::from(self.refcount_table_clusters) > max_rt_clusters
+        {
             return Err(out_of_range(
                 rules::HDR_REFTABLE_CLUSTERS,
                 56,
@@ -474,13 +551,35 @@ impl Header {
             ));
         }
         if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(out_of_range(rules::HDR_SNAPSHOTS, 60, "nb_snapshots", self.nb_snapshots.into(), 0, MAX_SNAPSHOTS.into()));
+            return Err(out_of_range(
+                rules::HDR_SNAPSHOTS,
+                60,
+                "nb_snapshots",
+                self.nb_snapshots.into(),
+                0,
+                MAX_SNAPSHOTS.into(),
+            ));
         }
-        if !geo.is_aligned(self.snapshots_offset.0) || (self.nb_snapshots > 0 && self.snapshots_offset.0 == 0) {
-            return Err(misaligned(rules::HDR_SNAPSHOTS, 64, "snapshots_offset", self.snapshots_offset.0, cs));
+        if !geo.is_aligned(self.snapshots_offset.0)
+            || (self.nb_snapshots > 0 && self.snapshots_offset.0 == 0)
+        {
+            return Err(misaligned(
+                rules::HDR_SNAPSHOTS,
+                64,
+                "snapshots_offset",
+                self.snapshots_offset.0,
+                cs,
+            ));
         }
         if self.refcount_order > 6 {
-            return Err(out_of_range(rules::HDR_REFCOUNT_ORDER, 96, "refcount_order", self.refcount_order.into(), 0, 6));
+            return Err(out_of_range(
+                rules::HDR_REFCOUNT_ORDER,
+                96,
+                "refcount_order",
+                self.refcount_order.into(),
+                0,
+                6,
+            ));
         }
         self.validate_compression_type()?;
         Ok(geo)
@@ -490,7 +589,14 @@ impl Header {
         let bit_set = self.incompatible_features & crate::features::INCOMPAT_COMPRESSION_TYPE != 0;
         let off = u64::from(COMPRESSION_TYPE_OFFSET);
         let Some(kind) = self.compression() else {
-            return Err(out_of_range(rules::HDR_COMPRESSION_TYPE, off, "compression_type", self.compression_type.into(), 0, 1));
+            return Err(out_of_range(
+                rules::HDR_COMPRESSION_TYPE,
+                off,
+                "compression_type",
+                self.compression_type.into(),
+                0,
+                1,
+            ));
         };
         let has_field = self.header_length > COMPRESSION_TYPE_OFFSET;
         if bit_set && !has_field {

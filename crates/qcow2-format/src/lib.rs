@@ -7,8 +7,14 @@
 //! validates them. Every error names the rule of `docs/spec.md` it breaks and
 //! the byte offset where it was found. Every size and count read from disk is
 //! bounded before it is used.
+//!
+//! See the crate README, included below, for an example.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod area;
 pub mod error;
@@ -21,7 +27,7 @@ pub mod units;
 
 pub use area::{Assessment, HeaderArea, Note};
 pub use error::{ErrorKind, FormatError, Result};
-pub use rules::RuleId;
 pub use features::Features;
 pub use header::{CompressionType, CryptMethod, Header};
+pub use rules::RuleId;
 pub use units::{ClusterGeometry, ClusterIndex, GuestOffset, HostOffset};

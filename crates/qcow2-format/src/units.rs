@@ -165,7 +165,10 @@ mod tests {
         assert_eq!(g.l2_entries(true), 4096);
         assert_eq!(g.bytes_per_l2_table(false), 512 << 20);
         assert_eq!(g.l1_l2_index(GuestOffset(512 << 20), false), (1, 0));
-        assert_eq!(g.l1_l2_index(GuestOffset((512 << 20) + 65536 * 3 + 7), false), (1, 3));
+        assert_eq!(
+            g.l1_l2_index(GuestOffset((512 << 20) + 65536 * 3 + 7), false),
+            (1, 3)
+        );
         assert_eq!(g.l1_entries_for(1 << 30, false), 2);
         assert_eq!(g.l1_entries_for((1 << 30) + 1, false), 3);
         assert_eq!(g.host_cluster(HostOffset(0x30000)), ClusterIndex(3));
