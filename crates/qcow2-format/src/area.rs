@@ -64,12 +64,13 @@ impl HeaderArea {
                 },
             ));
         }
-        // The chain may not run into the backing file name, which QEMU places after it.
+        // Like QEMU, a non-zero backing_file_offset ends the extension area, even
+        // when the name starts right at the header end (an empty chain).
         let bfo = header.backing_file_offset;
-        let end = if bfo != 0 && bfo > start as u64 && bfo < cluster.len() as u64 {
-            bfo as usize
-        } else {
+        let end = if bfo == 0 {
             cluster.len()
+        } else {
+            usize::try_from(bfo).map_or(cluster.len(), |b| b.clamp(start, cluster.len()))
         };
         let chain = ExtensionChain::parse(&cluster[start..end], start as u64)?;
         let backing_file = if bfo == 0 {

@@ -86,6 +86,18 @@ fn v2_area_roundtrips_and_reads_as_refcount_order_4() {
     parsed.assess(None).unwrap();
 }
 
+/// Found by the header fuzz target: without an end marker or extensions, the
+/// backing file name starts right at the header end and must not be read as a chain.
+#[test]
+fn backing_name_right_after_the_header_is_not_an_extension() {
+    let mut a = area(2, vec![]);
+    a.chain.end_marker = false;
+    a.backing_file = Some(b"base".to_vec());
+    let parsed = roundtrip(a);
+    assert_eq!(parsed.header.backing_file_offset, 72);
+    assert!(parsed.chain.extensions.is_empty());
+}
+
 #[test]
 fn bit1_without_dedup_is_corrupt_and_read_only() {
     let mut a = area(3, vec![]);
