@@ -4,12 +4,16 @@
 #![forbid(unsafe_code)]
 
 mod bench_codecs;
+mod conformance;
+mod golden;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("conformance") => conformance::run(&args[1..]),
+        Some("golden") => golden::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("codecs") => bench_codecs::run(&args[2..]),
             other => Err(format!("unknown bench {other:?}; available: codecs")),

@@ -1,0 +1,114 @@
+//! Runs every check this crate knows on one image and collects what each rule says.
+
+use qcow2_format::{Assessment, FormatError, HeaderArea, RuleId};
+
+use crate::walk;
+
+/// The highest level of a registered compress format, `None` for an unknown name.
+pub fn codec_max_level(name: &str) -> Option<u8> {
+    static REGISTRY: std::sync::OnceLock<qcow2_codec::Registry> = std::sync::OnceLock::new();
+    let registry = REGISTRY.get_or_init(qcow2_codec::Registry::builtin);
+    registry.info(name).ok().map(|info| info.levels().max())
+}
+
+/// Everything the checks found in one case.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The first fatal error (the image would be refused), if any.
+    pub fatal: Option<FormatError>,
+    /// Header-level verdict when there was no fatal header error.
+    pub assessment: Option<Assessment>,
+    /// Violations found by walking the tables (reported by `check`, not fatal to opening).
+    pub table_findings: Vec<FormatError>,
+    /// Whether serializing the parsed header area gives back the same bytes.
+    pub roundtrip: Result<(), String>,
+}
+
+impl Evaluation {
+    /// Every rule this case triggers: the fatal error, notes, read-only reasons and table findings.
+    pub fn triggered(&self) -> Vec<RuleId> {
+        let mut rules: Vec<RuleId> = self.fatal.iter().map(|e| e.rule).collect();
+        if let Some(a) = &self.assessment {
+            rules.extend(a.notes.iter().map(|n| n.rule));
+            rules.extend(a.read_only);
+        }
+        rules.extend(self.table_findings.iter().map(|e| e.rule));
+        rules.sort();
+        rules.dedup();
+        rules
+    }
+
+    /// A one-line summary for failure messages.
+    pub fn describe(&self) -> String {
+        match &self.fatal {
+            Some(e) => format!("refused: {e}"),
+            None => {
+                let rules: Vec<String> = self.triggered().iter().map(|r| r.to_string()).collect();
+                if rules.is_empty() {
+                    "accepted, nothing reported".to_string()
+                } else {
+                    format!("accepted, reported {}", rules.join(", "))
+                }
+            }
+        }
+    }
+}
+
+/// Evaluates a whole image file.
+pub fn evaluate(bytes: &[u8]) -> Evaluation {
+    let area = match HeaderArea::parse(bytes) {
+        Ok(a) => a,
+        Err(e) => return refused(e),
+    };
+    let roundtrip = roundtrip(&area, bytes);
+    let mut eval = evaluate_area(&area);
+    eval.roundtrip = roundtrip;
+    if eval.fatal.is_none() {
+        if let Some(a) = &eval.assessment {
+            eval.table_findings = walk::walk(bytes, &area, a);
+        }
+    }
+    eval
+}
+
+/// Evaluates a header area built in code (what a writer would be asked to produce).
+pub fn evaluate_area(area: &HeaderArea) -> Evaluation {
+    match area.assess(Some(&codec_max_level)) {
+        Ok(a) => Evaluation {
+            fatal: None,
+            assessment: Some(a),
+            table_findings: Vec::new(),
+            roundtrip: Ok(()),
+        },
+        Err(e) => refused(e),
+    }
+}
+
+fn refused(e: FormatError) -> Evaluation {
+    Evaluation {
+        fatal: Some(e),
+        assessment: None,
+        table_findings: Vec::new(),
+        roundtrip: Ok(()),
+    }
+}
+
+fn roundtrip(area: &HeaderArea, bytes: &[u8]) -> Result<(), String> {
+    let mut copy = area.clone();
+    let out = copy
+        .to_bytes()
+        .map_err(|e| format!("cannot re-serialize: {e}"))?;
+    match bytes.get(..out.len()) {
+        Some(orig) if orig == out.as_slice() => Ok(()),
+        _ => {
+            let at = out
+                .iter()
+                .zip(bytes)
+                .position(|(a, b)| a != b)
+                .unwrap_or(out.len());
+            Err(format!(
+                "re-serialized header area differs from the file at byte {at:#x}"
+            ))
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Negative cases of the header extension chain and the upstream extensions.
+
+use qcow2_format::extensions::{self as ext, Extension};
+use qcow2_format::rules::*;
+use qcow2_format::HeaderArea;
+
+use super::{case, pick, plain, CaseInput, NegativeCase};
+use crate::mutate::{edit_area, put_u32};
+
+/// File offset of the first extension's type field (the chain starts at header_length).
+fn first_ext_at(bytes: &[u8]) -> Result<usize, String> {
+    let a = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    Ok(a.header.header_length as usize)
+}
+
+/// The plain image with `e` as its first extension.
+fn plain_with(images: &[crate::corpus::TestImage], e: Extension) -> Result<Vec<u8>, String> {
+    edit_area(&plain(images)?, |a| a.chain.extensions.insert(0, e))
+}
+
+pub(super) fn cases() -> Vec<NegativeCase> {
+    vec![
+        case(EXT_FRAMING, "extension length past the cluster end", |i| {
+            let mut b = plain_with(
+                i,
+                Extension::Unknown {
+                    kind: 0x7a7a_7a7a,
+                    data: vec![1; 8],
+                },
+            )?;
+            let at = first_ext_at(&b)?;
+            put_u32(&mut b, at + 4, 0x0010_0000);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(
+            EXT_PADDING,
+            "non-zero padding after the backing format name",
+            |i| {
+                let mut b = pick(i, "an image with a backing format", |a| {
+                    a.backing_format().is_some_and(|f| f.len() % 8 != 0)
+                })?;
+                let a = HeaderArea::parse(&b).map_err(|e| e.to_string())?;
+                let (k, e) = a
+                    .chain
+                    .find(ext::BACKING_FORMAT)
+                    .ok_or("no backing format")?;
+                let at = a.chain.data_offsets(a.header.header_length.into())[k] as usize;
+                b[at + e.data().len()] = 0xff;
+                Ok(CaseInput::Bytes(b))
+            },
+        ),
+        case(EXT_DUPLICATE, "two backing format extensions", |i| {
+            let b = pick(i, "an image with a backing format", |a| {
+                a.backing_format().is_some()
+            })?;
+            edit_area(&b, |a| {
+                a.chain
+                    .extensions
+                    .insert(0, Extension::BackingFormat("raw".into()))
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_UNKNOWN, "an unknown extension", |i| {
+            plain_with(
+                i,
+                Extension::Unknown {
+                    kind: 0x1234_abcd,
+                    data: b"keep me".to_vec(),
+                },
+            )
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_BACKING_FORMAT, "empty backing format", |i| {
+            let b = pick(i, "an image with a backing format", |a| {
+                a.backing_format().is_some()
+            })?;
+            edit_area(&b, |a| {
+                for e in &mut a.chain.extensions {
+                    if let Extension::BackingFormat(_) = e {
+                        *e = Extension::Unknown {
+                            kind: ext::BACKING_FORMAT,
+                            data: Vec::new(),
+                        };
+                    }
+                }
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_FEATURE_TABLE, "feature table of 47 bytes", |i| {
+            plain_with(
+                i,
+                Extension::Unknown {
+                    kind: ext::FEATURE_TABLE,
+                    data: vec![0; 47],
+                },
+            )
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_FEATURE_TABLE, "feature table entry of type 3", |i| {
+            let mut entry = vec![0u8; 48];
+            entry[0] = 3;
+            entry[2..6].copy_from_slice(b"odd!");
+            plain_with(
+                i,
+                Extension::Unknown {
+                    kind: ext::FEATURE_TABLE,
+                    data: entry,
+                },
+            )
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_BITMAPS, "bitmaps extension with nb_bitmaps 0", |i| {
+            let b = pick(i, "an image with bitmaps", |a| {
+                a.chain.find(ext::BITMAPS).is_some()
+            })?;
+            edit_area(&b, |a| {
+                for e in &mut a.chain.extensions {
+                    if let Extension::Bitmaps(bm) = e {
+                        bm.nb_bitmaps = 0.into();
+                    }
+                }
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_BITMAPS, "bitmaps extension of 16 bytes", |i| {
+            let b = pick(i, "an image with bitmaps", |a| {
+                a.chain.find(ext::BITMAPS).is_some()
+            })?;
+            edit_area(&b, |a| {
+                for e in &mut a.chain.extensions {
+                    if let Extension::Bitmaps(_) = e {
+                        *e = Extension::Unknown {
+                            kind: ext::BITMAPS,
+                            data: vec![0; 16],
+                        };
+                    }
+                }
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(
+            EXT_FDE,
+            "crypt_method 2 without the encryption extension",
+            |i| edit_area(&plain(i)?, |a| a.header.crypt_method = 2).map(CaseInput::Bytes),
+        ),
+        case(EXT_DATA_FILE, "external data file name with a NUL", |i| {
+            let b = pick(i, "an image with an external data file", |a| {
+                a.data_file().is_some()
+            })?;
+            edit_area(&b, |a| {
+                for e in &mut a.chain.extensions {
+                    if let Extension::ExternalDataFile(_) = e {
+                        *e = Extension::Unknown {
+                            kind: ext::EXTERNAL_DATA_FILE,
+                            data: b"a\0b".to_vec(),
+                        };
+                    }
+                }
+            })
+            .map(CaseInput::Bytes)
+        }),
+    ]
+}

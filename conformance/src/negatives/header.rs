@@ -1,0 +1,240 @@
+//! Negative cases of the fixed header and the feature bits.
+
+use qcow2_format::features::*;
+use qcow2_format::rules::*;
+
+use super::{case, pick, plain, CaseInput, NegativeCase};
+use crate::mutate::{edit_area, put_u32, put_u64};
+
+fn bytes(b: Vec<u8>) -> Result<CaseInput, String> {
+    Ok(CaseInput::Bytes(b))
+}
+
+pub(super) fn cases() -> Vec<NegativeCase> {
+    vec![
+        case(HDR_MAGIC, "magic QFI\\xfa", |i| {
+            let mut b = plain(i)?;
+            b[3] = 0xfa;
+            bytes(b)
+        }),
+        case(HDR_VERSION, "version 4", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 4, 4);
+            bytes(b)
+        }),
+        case(HDR_VERSION, "version 1", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 4, 1);
+            bytes(b)
+        }),
+        case(HDR_LENGTH, "header_length 100", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 100, 100);
+            bytes(b)
+        }),
+        case(HDR_LENGTH, "header_length 108, not a multiple of 8", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 100, 108);
+            bytes(b)
+        }),
+        case(HDR_LENGTH, "file cut inside the v3 header", |i| {
+            let mut b = plain(i)?;
+            b.truncate(90);
+            bytes(b)
+        }),
+        case(
+            HDR_FIRST_CLUSTER,
+            "header_length beyond a 512-byte cluster",
+            |i| {
+                let mut b = pick(i, "a 512-byte-cluster v3 image", |a| {
+                    a.header.cluster_bits == 9 && a.header.version == 3
+                })?;
+                put_u32(&mut b, 100, 520);
+                bytes(b)
+            },
+        ),
+        case(HDR_CLUSTER_BITS, "cluster_bits 8", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 20, 8);
+            bytes(b)
+        }),
+        case(HDR_CLUSTER_BITS, "cluster_bits 22", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 20, 22);
+            bytes(b)
+        }),
+        case(HDR_CRYPT_METHOD, "crypt_method 3", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 32, 3);
+            bytes(b)
+        }),
+        case(HDR_BACKING_FILE, "backing file name of 1024 bytes", |i| {
+            let mut b = pick(i, "an image with a backing file", |a| {
+                a.backing_file.is_some()
+            })?;
+            put_u32(&mut b, 16, 1024);
+            bytes(b)
+        }),
+        case(
+            HDR_BACKING_FILE,
+            "backing file name past the first cluster",
+            |i| {
+                let mut b = plain(i)?;
+                put_u64(&mut b, 8, 65536 - 4);
+                put_u32(&mut b, 16, 8);
+                bytes(b)
+            },
+        ),
+        case(HDR_L1_OFFSET, "l1_table_offset off by 512", |i| {
+            edit_area(&plain(i)?, |a| a.header.l1_table_offset.0 += 512).map(CaseInput::Bytes)
+        }),
+        case(HDR_L1_SIZE, "l1_size 0 for a non-empty disk", |i| {
+            edit_area(&plain(i)?, |a| a.header.l1_size = 0).map(CaseInput::Bytes)
+        }),
+        case(HDR_L1_SIZE, "l1_size beyond the 32 MiB limit", |i| {
+            edit_area(&plain(i)?, |a| a.header.l1_size = (32 << 20) / 8 + 1).map(CaseInput::Bytes)
+        }),
+        case(HDR_SIZE, "virtual size 2^63", |i| {
+            edit_area(&plain(i)?, |a| a.header.size = 1 << 63).map(CaseInput::Bytes)
+        }),
+        case(
+            HDR_SIZE,
+            "virtual size needing more L1 entries than allowed",
+            |i| {
+                let mut b = pick(i, "a 512-byte-cluster v3 image", |a| {
+                    a.header.cluster_bits == 9 && a.header.version == 3
+                })?;
+                // 512-byte clusters map 32 KiB per L2 table; 4M entries cover 128 GiB.
+                put_u64(&mut b, 24, 256 << 30);
+                bytes(b)
+            },
+        ),
+        case(HDR_REFTABLE_OFFSET, "refcount_table_offset 0", |i| {
+            edit_area(&plain(i)?, |a| a.header.refcount_table_offset.0 = 0).map(CaseInput::Bytes)
+        }),
+        case(HDR_REFTABLE_OFFSET, "refcount_table_offset off by 8", |i| {
+            edit_area(&plain(i)?, |a| a.header.refcount_table_offset.0 += 8).map(CaseInput::Bytes)
+        }),
+        case(HDR_REFTABLE_CLUSTERS, "refcount_table_clusters 0", |i| {
+            edit_area(&plain(i)?, |a| a.header.refcount_table_clusters = 0).map(CaseInput::Bytes)
+        }),
+        case(
+            HDR_REFTABLE_CLUSTERS,
+            "refcount table of 8 MiB + 1 cluster",
+            |i| {
+                edit_area(&plain(i)?, |a| a.header.refcount_table_clusters = 129)
+                    .map(CaseInput::Bytes)
+            },
+        ),
+        case(HDR_SNAPSHOTS, "nb_snapshots 65537", |i| {
+            edit_area(&plain(i)?, |a| a.header.nb_snapshots = 65537).map(CaseInput::Bytes)
+        }),
+        case(HDR_SNAPSHOTS, "snapshots_offset not cluster aligned", |i| {
+            edit_area(&plain(i)?, |a| a.header.snapshots_offset.0 = 0x10008).map(CaseInput::Bytes)
+        }),
+        case(HDR_REFCOUNT_ORDER, "refcount_order 7", |i| {
+            edit_area(&plain(i)?, |a| a.header.refcount_order = 7).map(CaseInput::Bytes)
+        }),
+        case(HDR_COMPRESSION_TYPE, "compression_type 2", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.compression_type = 2;
+                a.header.incompatible_features |= INCOMPAT_COMPRESSION_TYPE;
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(
+            HDR_COMPRESSION_TYPE,
+            "zstd without incompatible bit 3",
+            |i| edit_area(&plain(i)?, |a| a.header.compression_type = 1).map(CaseInput::Bytes),
+        ),
+        case(HDR_COMPRESSION_TYPE, "incompatible bit 3 with zlib", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.incompatible_features |= INCOMPAT_COMPRESSION_TYPE
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(
+            HDR_V2_FEATURES,
+            "v2 image with a compress format extension",
+            |i| {
+                let b = pick(i, "a version 2 image", |a| a.header.version == 2)?;
+                crate::seed_images::with_compress_format(&b, "zlib", 0).map(CaseInput::Bytes)
+            },
+        ),
+        case(FEAT_INCOMPAT_UNKNOWN, "incompatible bit 10", |i| {
+            edit_area(&plain(i)?, |a| a.header.incompatible_features |= 1 << 10)
+                .map(CaseInput::Bytes)
+        }),
+        case(FEAT_DIRTY, "dirty bit set", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.incompatible_features |= INCOMPAT_DIRTY
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(FEAT_CORRUPT, "bit 1 without a dedup extension", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.incompatible_features |= INCOMPAT_BIT1
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(FEAT_BIT2, "bit 2 with neither extension", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.incompatible_features |= INCOMPAT_BIT2
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(
+            FEAT_BIT2,
+            "external data file extension with bit 2 clear",
+            |i| {
+                let b = pick(i, "an image with an external data file", |a| {
+                    a.data_file().is_some()
+                })?;
+                edit_area(&b, |a| {
+                    a.header.incompatible_features &= !INCOMPAT_BIT2;
+                    a.header.autoclear_features &= !AUTOCLEAR_DATA_FILE_RAW;
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+        case(FEAT_EXTENDED_L2, "extended L2 with 8 KiB clusters", |i| {
+            let b = pick(i, "an extended L2 image", |a| {
+                a.header.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
+            })?;
+            edit_area(&b, |a| {
+                a.header.cluster_bits = 13;
+                // Keep l1_size sufficient so only the extended L2 rule breaks.
+                let per_l1 = (1u64 << 13) / 16 * (1 << 13);
+                a.header.l1_size =
+                    u32::try_from(a.header.size.div_ceil(per_l1)).unwrap_or(u32::MAX);
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(
+            FEAT_LAZY_REFCOUNTS,
+            "lazy refcounts requested on a version 2 header",
+            |i| {
+                let b = pick(i, "a version 2 image", |a| a.header.version == 2)?;
+                let mut area = qcow2_format::HeaderArea::parse(&b).map_err(|e| e.to_string())?;
+                area.header.compatible_features |= COMPAT_LAZY_REFCOUNTS;
+                Ok(CaseInput::Area(Box::new(area)))
+            },
+        ),
+        case(FEAT_UNKNOWN_COMPAT, "unknown compatible bit 5", |i| {
+            edit_area(&plain(i)?, |a| a.header.compatible_features |= 1 << 5).map(CaseInput::Bytes)
+        }),
+        case(FEAT_UNKNOWN_COMPAT, "unknown auto-clear bit 7", |i| {
+            edit_area(&plain(i)?, |a| a.header.autoclear_features |= 1 << 7).map(CaseInput::Bytes)
+        }),
+        case(
+            FEAT_RAW_DATA,
+            "raw external data bit without a data file",
+            |i| {
+                edit_area(&plain(i)?, |a| {
+                    a.header.autoclear_features |= AUTOCLEAR_DATA_FILE_RAW
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+    ]
+}

@@ -1,0 +1,181 @@
+//! Negative cases of the seed extensions: compress format (CF-*) and deduplication (DD-*).
+
+use qcow2_format::extensions::{self as ext, Extension};
+use qcow2_format::features::*;
+use qcow2_format::rules::*;
+use qcow2_format::HeaderArea;
+
+use super::{case, named, CaseInput, NegativeCase};
+use crate::mutate::{edit_area, get_u64, put_u32, put_u64};
+
+/// The zlib default-level image.
+fn cf(images: &[crate::corpus::TestImage]) -> Result<Vec<u8>, String> {
+    named(images, "seed-cf-zlib-default")
+}
+
+/// File offset of the data of extension `kind`.
+fn ext_data_at(bytes: &[u8], kind: u32) -> Result<usize, String> {
+    let a = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    let (i, _) = a.chain.find(kind).ok_or("extension missing")?;
+    let offsets = a.chain.data_offsets(a.header.header_length.into());
+    Ok(offsets[i] as usize)
+}
+
+fn poke(images: &[crate::corpus::TestImage], rel: usize, value: u8) -> Result<CaseInput, String> {
+    let mut b = cf(images)?;
+    let at = ext_data_at(&b, ext::COMPRESS_FORMAT)?;
+    b[at + rel] = value;
+    Ok(CaseInput::Bytes(b))
+}
+
+fn with_cf(
+    images: &[crate::corpus::TestImage],
+    f: impl FnOnce(&mut ext::CompressFormat),
+) -> Result<CaseInput, String> {
+    let mut f = Some(f);
+    edit_area(&cf(images)?, |a| {
+        for e in &mut a.chain.extensions {
+            if let (Extension::CompressFormat(c), Some(f)) = (e, f.take()) {
+                f(c);
+            }
+        }
+    })
+    .map(CaseInput::Bytes)
+}
+
+fn dedup(images: &[crate::corpus::TestImage]) -> Result<Vec<u8>, String> {
+    named(images, "seed-dedup")
+}
+
+/// File offset of the dedup L1 table and of the first L2 dedup cluster.
+fn dedup_tables(bytes: &[u8]) -> Result<(usize, usize), String> {
+    let a = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    let d = a.dedup().ok_or("no dedup extension")?;
+    let l1 = d.l1_offset.get() as usize;
+    let l2 = (0..d.l1_size as usize)
+        .map(|k| get_u64(bytes, l1 + 8 * k))
+        .find(|&e| e != 0)
+        .ok_or("empty dedup L1")?;
+    Ok((l1, l2 as usize))
+}
+
+pub(super) fn cases() -> Vec<NegativeCase> {
+    vec![
+        case(
+            CF_PRESENCE,
+            "compress format extension with bit 2 clear",
+            |i| {
+                edit_area(&cf(i)?, |a| {
+                    a.header.incompatible_features &= !INCOMPAT_BIT2
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+        case(CF_LENGTH, "extra_data_size 8 without extra data", |i| {
+            let mut b = cf(i)?;
+            let at = ext_data_at(&b, ext::COMPRESS_FORMAT)?;
+            put_u32(&mut b, at + 20, 8);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(CF_LENGTH, "extension of 16 bytes", |i| {
+            let mut b = cf(i)?;
+            let at = ext_data_at(&b, ext::COMPRESS_FORMAT)?;
+            put_u32(&mut b, at - 4, 16);
+            // The old bytes 16..24 become this extension's padding, which must be zero.
+            b[at + 16..at + 24].fill(0);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(CF_NAME, "garbage after the terminating NUL", |i| {
+            poke(i, 10, b'x')
+        }),
+        case(CF_NAME, "empty name", |i| poke(i, 0, 0)),
+        case(CF_KNOWN, "unknown format lzma", |i| {
+            with_cf(i, |c| c.name = "lzma".into())
+        }),
+        case(CF_LEVEL, "zlib level 200", |i| {
+            with_cf(i, |c| c.level = 200)
+        }),
+        case(CF_RESERVED, "byte 18 set", |i| poke(i, 18, 1)),
+        case(CF_EXTRA_DATA, "8 bytes of extra data", |i| {
+            with_cf(i, |c| c.extra_data = vec![1, 2, 3, 4, 5, 6, 7, 8])
+        }),
+        case(
+            CF_CONFLICT,
+            "compress format with incompatible bit 3",
+            |i| {
+                edit_area(&cf(i)?, |a| {
+                    a.header.incompatible_features |= INCOMPAT_COMPRESSION_TYPE;
+                    a.header.compression_type = 1;
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+        case(
+            DD_PRESENCE,
+            "bit 1 with a dedup extension but no table",
+            |i| {
+                edit_area(&dedup(i)?, |a| {
+                    for e in &mut a.chain.extensions {
+                        if let Extension::Dedup(d) = e {
+                            d.l1_size = 0;
+                            d.l1_offset.0 = 0;
+                        }
+                    }
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+        case(DD_STALE, "dedup extension with bit 1 clear", |i| {
+            edit_area(&dedup(i)?, |a| {
+                a.header.incompatible_features &= !INCOMPAT_BIT1
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(DD_LENGTH, "dedup extension of 16 bytes", |i| {
+            let mut b = dedup(i)?;
+            let at = ext_data_at(&b, ext::DEDUP)?;
+            put_u32(&mut b, at - 4, 16);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(DD_L1_OFFSET, "dedup table offset off by 8", |i| {
+            let mut b = dedup(i)?;
+            let at = ext_data_at(&b, ext::DEDUP)?;
+            let off = get_u64(&b, at);
+            put_u64(&mut b, at, off + 8);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(DD_L1_SIZE, "dedup table of 4M + 1 entries", |i| {
+            let mut b = dedup(i)?;
+            let at = ext_data_at(&b, ext::DEDUP)?;
+            put_u32(&mut b, at + 8, (4 << 20) + 1);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(DD_L1_ENTRY, "dedup L1 entry off by 512", |i| {
+            let mut b = dedup(i)?;
+            let (l1, l2) = dedup_tables(&b)?;
+            put_u64(&mut b, l1, l2 as u64 + 512);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(DD_L2_LAYOUT, "non-zero byte in the dedup L2 tail", |i| {
+            let mut b = dedup(i)?;
+            let (_, l2) = dedup_tables(&b)?;
+            // 64 KiB holds 1638 entries of 40 bytes; the last 16 bytes are the tail.
+            b[l2 + 65535] = 1;
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(
+            DD_ENTRY,
+            "dedup entry with an unaligned guest offset",
+            |i| {
+                let mut b = dedup(i)?;
+                let (_, l2) = dedup_tables(&b)?;
+                let entry = (l2..l2 + 65536 - 40)
+                    .step_by(40)
+                    .find(|&e| b[e..e + 40].iter().any(|&x| x != 0))
+                    .ok_or("no non-empty dedup entry")?;
+                put_u64(&mut b, entry + 32, 4096);
+                Ok(CaseInput::Bytes(b))
+            },
+        ),
+    ]
+}

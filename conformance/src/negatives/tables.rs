@@ -1,0 +1,142 @@
+//! Negative cases of the tables: L1/L2 entries, compressed descriptors, refcounts, snapshots.
+//!
+//! Each appends a crafted table to a golden image and links it from the header or L1 table.
+
+use qcow2_format::features::INCOMPAT_EXTENDED_L2;
+use qcow2_format::rules::*;
+use qcow2_format::tables::compressed::COMPRESSED_FLAG;
+use qcow2_format::tables::l1::L1_COPIED;
+use qcow2_format::HeaderArea;
+
+use super::{case, pick, plain, CaseInput, NegativeCase};
+use crate::mutate::{append_cluster_aligned, edit_area, get_u64, put_u32, put_u64};
+
+/// Appends one L2 table holding `entries` (raw u64 words, in order) and points L1 entry 0 at it.
+fn with_l2(mut bytes: Vec<u8>, entries: &[u64]) -> Result<Vec<u8>, String> {
+    let a = HeaderArea::parse(&bytes).map_err(|e| e.to_string())?;
+    let cs = 1u64 << a.header.cluster_bits;
+    let mut table = vec![0u8; cs as usize];
+    for (k, e) in entries.iter().enumerate() {
+        put_u64(&mut table, 8 * k, *e);
+    }
+    let l2_at = append_cluster_aligned(&mut bytes, cs, &table);
+    if a.header.l1_size == 0 {
+        return Err("base image has no L1 entries".into());
+    }
+    put_u64(
+        &mut bytes,
+        a.header.l1_table_offset.get() as usize,
+        l2_at | L1_COPIED,
+    );
+    Ok(bytes)
+}
+
+/// A cluster-aligned host offset for crafted data entries (the walk does not read data clusters).
+fn data_cluster(_bytes: &[u8]) -> u64 {
+    0x50000
+}
+
+fn header_field(bytes: &[u8], f: impl Fn(&HeaderArea) -> u64) -> Result<u64, String> {
+    HeaderArea::parse(bytes)
+        .map(|a| f(&a))
+        .map_err(|e| e.to_string())
+}
+
+pub(super) fn cases() -> Vec<NegativeCase> {
+    vec![
+        case(
+            L1_ENTRY,
+            "L1 entry pointing 512 bytes past a cluster start",
+            |i| {
+                let mut b = plain(i)?;
+                let l1 = header_field(&b, |a| a.header.l1_table_offset.get())?;
+                put_u64(&mut b, l1 as usize, 0x10200 | L1_COPIED);
+                Ok(CaseInput::Bytes(b))
+            },
+        ),
+        case(L1_ENTRY, "L1 entry with reserved bit 60", |i| {
+            let b = plain(i)?;
+            let mut b = with_l2(b, &[])?;
+            let l1 = header_field(&b, |a| a.header.l1_table_offset.get())? as usize;
+            let e = get_u64(&b, l1);
+            put_u64(&mut b, l1, e | 1 << 60);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(L2_ENTRY, "L2 entry with an unaligned host offset", |i| {
+            let b = plain(i)?;
+            let host = data_cluster(&b) + 512;
+            with_l2(b, &[host | L1_COPIED]).map(CaseInput::Bytes)
+        }),
+        case(L2_ENTRY, "L2 entry with reserved bit 57", |i| {
+            let b = plain(i)?;
+            let host = data_cluster(&b);
+            with_l2(b, &[host | 1 << 57]).map(CaseInput::Bytes)
+        }),
+        case(L2_ZERO_FLAG, "zero flag in a version 2 image", |i| {
+            let b = pick(i, "a version 2 image", |a| {
+                a.header.version == 2 && a.header.l1_size > 0
+            })?;
+            with_l2(b, &[1]).map(CaseInput::Bytes)
+        }),
+        case(L2_EXTENDED, "subcluster 0 both allocated and zero", |i| {
+            let b = pick(i, "an extended L2 image", |a| {
+                a.header.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
+            })?;
+            let host = data_cluster(&b);
+            with_l2(b, &[host | L1_COPIED, 1 | 1 << 32]).map(CaseInput::Bytes)
+        }),
+        case(
+            L2_EXTENDED,
+            "allocation bits on an unallocated cluster",
+            |i| {
+                let b = pick(i, "an extended L2 image", |a| {
+                    a.header.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
+                })?;
+                with_l2(b, &[0, 0b101]).map(CaseInput::Bytes)
+            },
+        ),
+        case(
+            CMP_DESCRIPTOR,
+            "compressed descriptor with the COPIED flag",
+            |i| {
+                let b = plain(i)?;
+                let host = data_cluster(&b) + 100;
+                with_l2(b, &[COMPRESSED_FLAG | L1_COPIED | host]).map(CaseInput::Bytes)
+            },
+        ),
+        case(RC_TABLE_ENTRY, "refcount table entry 0 off by 512", |i| {
+            let mut b = plain(i)?;
+            let rt = header_field(&b, |a| a.header.refcount_table_offset.get())? as usize;
+            let e = get_u64(&b, rt);
+            put_u64(&mut b, rt, e + 512);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(RC_BLOCK, "refcount of the header cluster set to 0", |i| {
+            let mut b = plain(i)?;
+            let rt = header_field(&b, |a| a.header.refcount_table_offset.get())? as usize;
+            let block = get_u64(&b, rt) as usize;
+            // The plain image has 16-bit refcounts: entry 0 is bytes 0..2 of the block.
+            b[block..block + 2].fill(0);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(
+            SNAP_ENTRY,
+            "version 3 snapshot with 8 bytes of extra data",
+            |i| {
+                let mut b = plain(i)?;
+                let mut entry = vec![0u8; 40];
+                put_u32(&mut entry, 12, 0x0001_0001); // id_str_size 1, name_size 1
+                put_u32(&mut entry, 36, 8); // extra_data_size
+                entry.extend_from_slice(&[0; 8]);
+                entry.extend_from_slice(b"1a");
+                entry.resize(entry.len().div_ceil(8) * 8, 0);
+                let at = append_cluster_aligned(&mut b, 65536, &entry);
+                edit_area(&b, |a| {
+                    a.header.nb_snapshots = 1;
+                    a.header.snapshots_offset.0 = at;
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+    ]
+}

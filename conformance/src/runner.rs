@@ -1,0 +1,172 @@
+//! Runs every rule's positive and negative cases and reports per rule.
+
+use std::collections::BTreeSet;
+
+use qcow2_format::HeaderArea;
+
+use crate::corpus::{self, TestImage};
+use crate::evaluate::{evaluate, evaluate_area, Evaluation};
+use crate::negatives::{self, CaseInput};
+use crate::registry;
+
+/// The result of one rule.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleReport {
+    /// Rule ID.
+    pub id: String,
+    /// Positive cases that behaved as the rule requires.
+    pub positive_passed: usize,
+    /// Positive cases run.
+    pub positive_total: usize,
+    /// Negative cases that broke exactly this rule.
+    pub negative_passed: usize,
+    /// Negative cases run.
+    pub negative_total: usize,
+    /// What went wrong, one line per failed case.
+    pub failures: Vec<String>,
+}
+
+impl RuleReport {
+    /// Whether the rule is proven: at least one case of each kind, all passing.
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+            && self.positive_total > 0
+            && self.negative_total > 0
+            && self.positive_passed == self.positive_total
+            && self.negative_passed == self.negative_total
+    }
+}
+
+/// The result of the whole suite.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SuiteReport {
+    /// Number of positive images in the corpus.
+    pub images: usize,
+    /// One report per rule, in spec order.
+    pub rules: Vec<RuleReport>,
+    /// Problems with the suite itself (spec and registry disagree, corpus missing).
+    pub errors: Vec<String>,
+}
+
+impl SuiteReport {
+    /// Whether every rule is proven and the suite itself is sound.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.rules.iter().all(RuleReport::ok)
+    }
+}
+
+/// Runs the suite against the repository's golden corpus and `docs/spec.md`.
+pub fn run() -> SuiteReport {
+    let mut errors = Vec::new();
+    let images = corpus::load().unwrap_or_else(|e| {
+        errors.push(e);
+        Vec::new()
+    });
+    match crate::spec_doc::load() {
+        Ok(spec) => errors.extend(compare_ids(&spec)),
+        Err(e) => errors.push(e),
+    }
+    let rules = run_on(&images);
+    SuiteReport {
+        images: images.len(),
+        rules,
+        errors,
+    }
+}
+
+/// Differences between the spec's IDs, the registry and the IDs the format crate reports.
+pub fn compare_ids(spec: &[String]) -> Vec<String> {
+    let spec_set: BTreeSet<&str> = spec.iter().map(String::as_str).collect();
+    let registry: BTreeSet<&str> = registry::all().iter().map(|r| r.id.as_str()).collect();
+    let reported: BTreeSet<&str> = qcow2_format::rules::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
+    let mut errors = Vec::new();
+    for id in spec_set.difference(&registry) {
+        errors.push(format!(
+            "{id} is in docs/spec.md but has no check in the registry"
+        ));
+    }
+    for id in registry.difference(&spec_set) {
+        errors.push(format!("{id} has a check but no rule in docs/spec.md"));
+    }
+    for id in reported.difference(&spec_set) {
+        errors.push(format!(
+            "{id} is reported by qcow2-format but not documented in docs/spec.md"
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for id in spec {
+        if !seen.insert(id) {
+            errors.push(format!("{id} is defined twice in docs/spec.md"));
+        }
+    }
+    errors
+}
+
+/// Runs every registered rule against `images` and the negative cases built from them.
+pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
+    let evaluated: Vec<(&TestImage, Option<HeaderArea>, Evaluation)> = images
+        .iter()
+        .map(|img| {
+            (
+                img,
+                HeaderArea::parse(&img.bytes).ok(),
+                evaluate(&img.bytes),
+            )
+        })
+        .collect();
+    let negatives = negatives::all();
+    registry::all()
+        .into_iter()
+        .map(|entry| {
+            let mut report = RuleReport {
+                id: entry.id.to_string(),
+                positive_passed: 0,
+                positive_total: 0,
+                negative_passed: 0,
+                negative_total: 0,
+                failures: Vec::new(),
+            };
+            for (img, area, eval) in &evaluated {
+                let Some(area) = area else { continue };
+                if !(entry.applies)(&img.bytes, area) {
+                    continue;
+                }
+                report.positive_total += 1;
+                let triggered = eval.triggered().contains(&entry.id);
+                match (&eval.fatal, triggered, &eval.roundtrip) {
+                    (None, false, Ok(())) => report.positive_passed += 1,
+                    (_, _, Err(e)) => report.failures.push(format!("positive {}: {e}", img.name)),
+                    _ => {
+                        report
+                            .failures
+                            .push(format!("positive {}: {}", img.name, eval.describe()))
+                    }
+                }
+            }
+            for case in negatives.iter().filter(|c| c.rule == entry.id) {
+                report.negative_total += 1;
+                let eval = match (case.build)(images) {
+                    Ok(CaseInput::Bytes(b)) => evaluate(&b),
+                    Ok(CaseInput::Area(a)) => evaluate_area(&a),
+                    Err(e) => {
+                        report
+                            .failures
+                            .push(format!("negative {:?}: cannot build: {e}", case.name));
+                        continue;
+                    }
+                };
+                if eval.triggered() == [entry.id] {
+                    report.negative_passed += 1;
+                } else {
+                    report
+                        .failures
+                        .push(format!("negative {:?}: {}", case.name, eval.describe()));
+                }
+            }
+            report
+        })
+        .collect()
+}

@@ -1,0 +1,166 @@
+//! Images built byte by byte from a golden image until the writer can produce
+//! them: the seed extensions, and a snapshot table with a fixed timestamp.
+
+use qcow2_format::extensions::{CompressFormat, Dedup, Extension};
+use qcow2_format::features::{INCOMPAT_BIT1, INCOMPAT_BIT2};
+use qcow2_format::tables::dedup_table::{self, DedupEntry};
+use qcow2_format::{GuestOffset, HeaderArea, HostOffset};
+use sha2::{Digest, Sha256};
+
+use crate::corpus::{Origin, TestImage};
+use crate::mutate::{append_cluster_aligned, edit_area};
+
+/// Codec/level pairs of the compress format images: defaults and explicit levels.
+pub const COMPRESS_FORMATS: &[(&str, u8)] = &[
+    ("zlib", 0),
+    ("zlib", 1),
+    ("zlib", 9),
+    ("zstd", 0),
+    ("zstd", 19),
+    ("brotli", 0),
+    ("brotli", 12),
+];
+
+/// The plain image seed images are derived from: version 3, 64 KiB clusters, no backing file,
+/// no incompatible bits, no extension but the feature name table.
+pub fn plain_base(images: &[TestImage]) -> Result<&TestImage, String> {
+    images
+        .iter()
+        .filter(|i| i.origin == crate::corpus::Origin::Qemu)
+        .find(|i| {
+            HeaderArea::parse(&i.bytes).is_ok_and(|a| {
+                a.header.version == 3
+                    && a.header.cluster_bits == 16
+                    && a.header.incompatible_features == 0
+                    && a.header.size > 0
+                    && a.backing_file.is_none()
+                    && a.chain
+                        .extensions
+                        .iter()
+                        .all(|e| matches!(e, Extension::FeatureTable(_)))
+            })
+        })
+        .ok_or_else(|| "no plain v3 64 KiB golden image to derive seed images from".to_string())
+}
+
+/// Name of the compress format image for `name`/`level`.
+pub fn compress_format_image_name(name: &str, level: u8) -> String {
+    if level == 0 {
+        format!("seed-cf-{name}-default")
+    } else {
+        format!("seed-cf-{name}-{level}")
+    }
+}
+
+/// Adds the compress format extension for `name`/`level` and sets incompatible bit 2.
+pub fn with_compress_format(bytes: &[u8], name: &str, level: u8) -> Result<Vec<u8>, String> {
+    let ext = CompressFormat::new(name, level).map_err(|e| e.to_string())?;
+    edit_area(bytes, |a| {
+        a.header.incompatible_features |= INCOMPAT_BIT2;
+        a.chain.extensions.insert(0, Extension::CompressFormat(ext));
+    })
+}
+
+/// Adds a dedup table (one L1 entry, one L2 dedup cluster) and the dedup extension.
+///
+/// The L2 cluster holds one entry: the SHA-256 of the image's last cluster,
+/// attributed to guest offset 0. With `bit1` the image is deduplicated;
+/// without it the table is stale.
+pub fn with_dedup(bytes: &[u8], bit1: bool) -> Result<Vec<u8>, String> {
+    let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    let geo = area.header.geometry().map_err(|e| e.to_string())?;
+    let cs = geo.cluster_size();
+    let mut out = bytes.to_vec();
+    let last = (out.len() as u64).div_ceil(cs).saturating_sub(1);
+    let start = (last * cs) as usize;
+    let mut cluster = out[start..].to_vec();
+    cluster.resize(cs as usize, 0);
+    let entry = DedupEntry {
+        hash: Sha256::digest(&cluster).into(),
+        guest_offset: GuestOffset(0),
+    };
+    let index = dedup_table::DedupIndex::of(qcow2_format::ClusterIndex(last), geo);
+    let mut entries = vec![None; (index.l2 + 1) as usize];
+    entries[index.l2 as usize] = Some(entry);
+    let l2 = dedup_table::encode_l2_cluster(&entries, geo).map_err(|e| e.to_string())?;
+    let l2_at = append_cluster_aligned(&mut out, cs, &l2);
+    let mut l1 = vec![None; (index.l1 + 1) as usize];
+    l1[index.l1 as usize] = Some(HostOffset(l2_at));
+    let l1_bytes = dedup_table::encode_l1_table(&l1, geo).map_err(|e| e.to_string())?;
+    let l1_at = append_cluster_aligned(&mut out, cs, &l1_bytes);
+    let l1_size = u32::try_from(l1.len()).map_err(|e| e.to_string())?;
+    edit_area(&out, |a| {
+        if bit1 {
+            a.header.incompatible_features |= INCOMPAT_BIT1;
+        }
+        a.chain.extensions.insert(
+            0,
+            Extension::Dedup(Dedup {
+                l1_offset: HostOffset(l1_at),
+                l1_size,
+            }),
+        );
+    })
+}
+
+/// Adds a snapshot table with one version 3 snapshot sharing the active L1 table.
+///
+/// `qemu-img snapshot` stamps the wall clock into the table, so a qemu-made
+/// snapshot image would differ on every regeneration; this one is fixed.
+pub fn with_snapshot(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use qcow2_format::tables::snapshot::{self, SnapshotContext, SnapshotEntry};
+    let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    let geo = area.header.geometry().map_err(|e| e.to_string())?;
+    let entry = SnapshotEntry {
+        l1_table_offset: area.header.l1_table_offset,
+        l1_size: area.header.l1_size,
+        date_sec: 1_700_000_000,
+        date_nsec: 0,
+        vm_clock_nsec: 0,
+        vm_state_size_32: 0,
+        extra_data: SnapshotEntry::standard_extra_data(0, area.header.size, None),
+        id: b"1".to_vec(),
+        name: b"golden".to_vec(),
+    };
+    let ctx = SnapshotContext {
+        geometry: geo,
+        version: area.header.version,
+    };
+    let table = snapshot::encode_table(&[entry], &ctx).map_err(|e| e.to_string())?;
+    let mut out = bytes.to_vec();
+    let at = append_cluster_aligned(&mut out, geo.cluster_size(), &table);
+    edit_area(&out, |a| {
+        a.header.nb_snapshots = 1;
+        a.header.snapshots_offset = HostOffset(at);
+    })
+}
+
+/// Every seed image, derived from the golden corpus.
+pub fn build_all(golden: &[TestImage]) -> Result<Vec<TestImage>, String> {
+    let base = plain_base(golden)?;
+    let mut out = Vec::new();
+    for &(name, level) in COMPRESS_FORMATS {
+        out.push(TestImage {
+            name: compress_format_image_name(name, level),
+            origin: Origin::Built,
+            bytes: with_compress_format(&base.bytes, name, level)?,
+        });
+    }
+    out.push(TestImage {
+        name: "seed-dedup".into(),
+        origin: Origin::Built,
+        bytes: with_dedup(&base.bytes, true)?,
+    });
+    out.push(TestImage {
+        name: "built-snapshot".into(),
+        origin: Origin::Built,
+        bytes: with_snapshot(&base.bytes)?,
+    });
+    let cf = with_compress_format(&base.bytes, "zstd", 3)?;
+    out.push(TestImage {
+        name: "seed-dedup-cf-zstd-3".into(),
+        origin: Origin::Built,
+        bytes: with_dedup(&cf, true)?,
+    });
+    Ok(out)
+}
