@@ -1,10 +1,11 @@
 //! `cargo xtask`: project automation.
 //!
-//! Subcommands: `conformance [--json]`, `golden`, `fuzz`, `bench codecs`.
+//! Subcommands: `conformance [--json]`, `golden [--check]`, `fuzz [--seconds N]`, `bench codecs`.
 #![forbid(unsafe_code)]
 
 mod bench_codecs;
 mod conformance;
+mod fuzz;
 mod golden;
 
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("conformance") => conformance::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("golden") => golden::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("codecs") => bench_codecs::run(&args[2..]),
@@ -30,5 +32,5 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <conformance [--json] | golden | fuzz | bench codecs>".to_string()
+    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs>".to_string()
 }

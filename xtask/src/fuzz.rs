@@ -1,0 +1,59 @@
+//! `cargo xtask fuzz [--seconds N]`: runs every cargo-fuzz target for N seconds (default 20).
+//!
+//! libFuzzer needs the nightly toolchain and cargo-fuzz. Where either is
+//! missing (a machine can only have the toolchains it was given), this says so
+//! and does not fail, so the rest of the test command still runs.
+
+use std::path::Path;
+use std::process::Command;
+
+const TARGETS: &[&str] = &["header", "codec_zlib", "codec_zstd", "codec_brotli"];
+
+fn available(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs the fuzz smoke.
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let seconds: u32 = match args {
+        [] => 20,
+        [flag, n] if flag == "--seconds" => n.parse().map_err(|e| format!("--seconds {n}: {e}"))?,
+        _ => return Err("usage: cargo xtask fuzz [--seconds N]".to_string()),
+    };
+    if !available("cargo", &["+nightly", "--version"])
+        || !available("cargo", &["fuzz", "--version"])
+    {
+        println!("fuzz: skipped, needs `cargo +nightly` and cargo-fuzz (`cargo install cargo-fuzz --locked`)");
+        return Ok(());
+    }
+    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("fuzz");
+    for target in TARGETS {
+        println!("fuzz: {target} for {seconds} s");
+        let status = Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .args([
+                "-rss_limit_mb=2048",
+                "-max_len=70000",
+                "-print_final_stats=1",
+            ])
+            .current_dir(&fuzz_dir)
+            .status()
+            .map_err(|e| format!("running cargo fuzz: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "fuzz target {target} failed ({status}); see fuzz/artifacts/{target}/"
+            ));
+        }
+    }
+    println!(
+        "fuzz: {} targets ran {seconds} s each without a crash",
+        TARGETS.len()
+    );
+    Ok(())
+}
