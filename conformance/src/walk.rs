@@ -109,7 +109,9 @@ fn walk_refcounts(bytes: &[u8], area: &HeaderArea, a: &Assessment) -> Result<(),
             },
         )
     })?;
-    for entry in &table {
+    // Cluster 0 holds the header, so its refcount is at least 1.
+    let mut refcount0 = 0;
+    for (k, entry) in table.iter().enumerate() {
         let Some(block_at) = entry.block else {
             continue;
         };
@@ -120,23 +122,12 @@ fn walk_refcounts(bytes: &[u8], area: &HeaderArea, a: &Assessment) -> Result<(),
             rules::RC_TABLE_ENTRY,
             "refcount block",
         )?;
-        RefcountBlock::for_cluster(buf, order, geo, block_at.get())?;
-    }
-    // Cluster 0 holds the header, so its refcount is at least 1.
-    let first = table.first().and_then(|e| e.block);
-    let refcount0 = match first {
-        Some(at) => {
-            let buf = slice(
-                bytes,
-                at.get(),
-                geo.cluster_size(),
-                rules::RC_TABLE_ENTRY,
-                "refcount block",
-            )?;
-            RefcountBlock::for_cluster(buf, order, geo, at.get())?.get(0)?
+        let block = RefcountBlock::for_cluster(buf, order, geo, block_at.get())?;
+        if k == 0 {
+            refcount0 = block.get(0)?;
         }
-        None => 0,
-    };
+    }
+    let first = table.first().and_then(|e| e.block);
     if refcount0 == 0 {
         return Err(FormatError::new(
             rules::RC_BLOCK,

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use qcow2_format::HeaderArea;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(area) = HeaderArea::parse(data) else { return };
+    let Ok(area) = HeaderArea::parse(data) else {
+        return;
+    };
     let _ = area.assess(Some(&|name: &str| (name == "zlib").then_some(9)));
     let mut copy = area.clone();
     if let Ok(bytes) = copy.to_bytes() {
