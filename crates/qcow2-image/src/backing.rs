@@ -1,0 +1,108 @@
+//! What reads fall through to: a backing image (qcow2 or raw).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use qcow2_io::{FileStorage, Storage};
+
+use crate::error::{ImageError, Result};
+use crate::status::{Extent, ExtentKind};
+
+/// A read-only block device an image can sit on.
+pub trait BackingSource: Send + Sync + std::fmt::Debug {
+    /// Fills `buf` from guest offset `offset`; bytes past
+    /// [`BackingSource::size`] read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+
+    /// Status of `[offset, offset + len)` with depths relative to this
+    /// source. The default says "data at the same offset", as for a raw file;
+    /// past the end it says unallocated.
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let mut out = Vec::new();
+        let inside = self.size().saturating_sub(offset).min(len);
+        if inside > 0 {
+            out.push(Extent {
+                start: offset,
+                length: inside,
+                depth: 0,
+                kind: ExtentKind::Data {
+                    offset: Some(offset),
+                },
+            });
+        }
+        if inside < len {
+            out.push(Extent {
+                start: offset + inside,
+                length: len - inside,
+                depth: 1,
+                kind: ExtentKind::Unallocated,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A raw file used as a backing image.
+pub struct RawBacking {
+    storage: Arc<dyn Storage>,
+    size: u64,
+}
+
+impl std::fmt::Debug for RawBacking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBacking").field("size", &self.size).finish()
+    }
+}
+
+impl RawBacking {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> Result<Self> {
+        let storage = FileStorage::open(path, false).map_err(|e| ImageError::Backing {
+            name: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::new(Arc::new(storage))
+    }
+
+    /// Wraps any storage; its length is the virtual size.
+    pub fn new(storage: Arc<dyn Storage>) -> Result<Self> {
+        let size = storage
+            .len()
+            .map_err(|e| ImageError::io("reading the backing file length", 0, e))?;
+        Ok(Self { storage, size })
+    }
+}
+
+impl BackingSource for RawBacking {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let avail = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let (head, tail) = buf.split_at_mut(avail);
+        if !head.is_empty() {
+            self.storage
+                .read_at(head, offset)
+                .map_err(|e| ImageError::io("reading the backing file", offset, e))?;
+        }
+        tail.fill(0);
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Resolves a backing file name as QEMU does: relative names are relative
+/// to the directory of the image that names them.
+pub fn resolve_backing_path(image_path: &Path, name: &str) -> PathBuf {
+    let candidate = Path::new(name);
+    if candidate.is_absolute() {
+        return candidate.to_path_buf();
+    }
+    match image_path.parent() {
+        Some(dir) => dir.join(candidate),
+        None => candidate.to_path_buf(),
+    }
+}

@@ -1,0 +1,32 @@
+//! Read and write qcow2 images the way QEMU does.
+//!
+//! [`Image`] opens or creates an image on any [`qcow2_io::Storage`] and
+//! offers positioned reads and writes, zero writes, discards, resize and
+//! flush, with backing chains (qcow2 or raw), extended L2 subclusters and
+//! compressed cluster reads. See the crate README, included below.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod backing;
+mod create;
+mod error;
+mod image;
+mod l2_cache;
+mod layout;
+mod meta;
+mod options;
+mod plan;
+mod resize;
+mod status;
+mod write;
+mod zero;
+
+pub use backing::{resolve_backing_path, BackingSource, RawBacking};
+pub use error::{ImageError, Result};
+pub use image::Image;
+pub use status::{Extent, ExtentKind};
+pub use options::{BackingMode, CreateOptions, OpenOptions, Preallocation};

@@ -1,0 +1,165 @@
+//! Zero writes and discards: whole clusters (or subclusters) change their
+//! mapping; the unaligned edges of a zero write are written as zero bytes.
+
+use std::sync::PoisonError;
+
+use qcow2_format::tables::l2_extended::ExtendedL2Mapping;
+
+use crate::error::Result;
+use crate::image::Image;
+use crate::meta::Meta;
+
+/// What to do with the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Must read back as zeros; `unmap` lets host clusters go.
+    Zero { unmap: bool },
+    /// The guest no longer needs the data; whole units only.
+    Discard,
+}
+
+impl Image {
+    /// Makes `[offset, offset + len)` read as zeros. With `unmap`, host
+    /// clusters of whole zeroed clusters are freed; without it they stay
+    /// allocated (version 3 keeps them as preallocated zero clusters).
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.change_range(offset, len, Mode::Zero { unmap })
+    }
+
+    /// Discards `[offset, offset + len)`: whole clusters (subclusters with
+    /// extended L2) are unmapped and their host clusters freed. On version 3
+    /// they then read as zeros; on version 2 they read from the backing
+    /// file, or as zeros without one. Partial clusters are left alone.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.change_range(offset, len, Mode::Discard)
+    }
+
+    fn change_range(&self, offset: u64, len: u64, mode: Mode) -> Result<()> {
+        self.check_writable()?;
+        let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        let mut meta = self.lock_meta();
+        self.check_range(offset, len, meta.size())?;
+        self.guarded(&mut meta, |meta| self.change_locked(meta, offset, len, mode))
+    }
+
+    fn change_locked(&self, meta: &mut Meta, offset: u64, len: u64, mode: Mode) -> Result<()> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let us = layout.unit_size();
+        let size = meta.size();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let cluster = pos / cs;
+            let within = pos % cs;
+            let n = (cs - within).min(end - pos);
+            // The tail cluster of a disk whose size is not cluster aligned
+            // counts as whole when the range reaches the end of the disk.
+            let reaches_end = pos + n == end && end == size;
+            let first_unit = within.div_ceil(us);
+            let end_unit = if reaches_end {
+                u64::from(layout.units())
+            } else {
+                (within + n) / us
+            };
+            let zeroing = matches!(mode, Mode::Zero { .. });
+            if first_unit < end_unit {
+                let mask = layout.mask(first_unit as u32, (end_unit - first_unit) as u32);
+                self.change_units(meta, cluster, mask, mode)?;
+                if zeroing {
+                    // Edges that do not cover a whole unit get zero bytes.
+                    let base = cluster * cs;
+                    self.zero_bytes(meta, base + within, (first_unit * us).saturating_sub(within))?;
+                    let tail = end_unit * us;
+                    self.zero_bytes(meta, base + tail, (within + n).saturating_sub(tail))?;
+                }
+            } else if zeroing {
+                self.zero_bytes(meta, pos, n)?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn zero_bytes(&self, meta: &mut Meta, guest: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.write_locked(meta, &vec![0u8; len as usize], guest)
+    }
+
+    /// Applies `mode` to the units in `mask` of one guest cluster.
+    fn change_units(&self, meta: &mut Meta, cluster: u64, mask: u32, mode: Mode) -> Result<()> {
+        let layout = self.layout;
+        let all = layout.all();
+        let old = meta.mapping(&*self.storage, cluster)?;
+        let has_backing = self.backing.is_some() || meta.area.backing_file.is_some();
+        let v3 = layout.v3();
+        if !v3 {
+            // Version 2 has no zero flag: unallocated reads as zeros only
+            // without a backing file.
+            match mode {
+                Mode::Zero { .. } if has_backing => {
+                    let cs = layout.cluster_size();
+                    return self.zero_bytes(meta, cluster * cs, cs);
+                }
+                _ => {}
+            }
+            if old != (ExtendedL2Mapping::Unallocated { zero: 0 }) {
+                meta.set_mapping(&*self.storage, cluster, ExtendedL2Mapping::Unallocated { zero: 0 })?;
+                meta.release_mapping(old)?;
+            }
+            return Ok(());
+        }
+        let allocated_before = !matches!(old, ExtendedL2Mapping::Unallocated { zero: 0 });
+        let new = match (old, mode) {
+            (ExtendedL2Mapping::Compressed(_), _) if mask != all => {
+                // A compressed cluster has no subclusters: decompress into a
+                // fresh cluster first, then zero its units.
+                let cs = layout.cluster_size();
+                let data = {
+                    let mut buf = vec![0u8; cs as usize];
+                    let pieces = crate::plan::plan(meta, &*self.storage, cluster * cs, cs)?;
+                    crate::plan::execute(&pieces, &mut buf, &self.readers())?;
+                    buf
+                };
+                self.write_locked(meta, &data, cluster * cs)?;
+                return self.change_units(meta, cluster, mask, mode);
+            }
+            (ExtendedL2Mapping::Allocated { host, allocated, zero }, Mode::Zero { unmap: false })
+                if meta.is_private(&*self.storage, host.offset, host.copied)? =>
+            {
+                ExtendedL2Mapping::Allocated {
+                    host,
+                    allocated: allocated & !mask,
+                    zero: zero | mask,
+                }
+            }
+            (ExtendedL2Mapping::Allocated { host, allocated, zero }, _) if mask != all => {
+                ExtendedL2Mapping::Allocated {
+                    host,
+                    allocated: allocated & !mask,
+                    zero: zero | mask,
+                }
+            }
+            (ExtendedL2Mapping::Unallocated { zero }, _) if mask != all => {
+                ExtendedL2Mapping::Unallocated { zero: zero | mask }
+            }
+            (_, Mode::Discard) if !has_backing && !allocated_before => return Ok(()),
+            _ => ExtendedL2Mapping::Unallocated { zero: all },
+        };
+        if new == old {
+            return Ok(());
+        }
+        meta.set_mapping(&*self.storage, cluster, new)?;
+        let dropped_host = !matches!(
+            (old, new),
+            (ExtendedL2Mapping::Allocated { .. }, ExtendedL2Mapping::Allocated { .. })
+                | (ExtendedL2Mapping::Unallocated { .. }, _)
+        );
+        if dropped_host {
+            meta.release_mapping(old)?;
+        }
+        Ok(())
+    }
+}
