@@ -5,8 +5,10 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod check;
 pub mod error;
 pub mod refcounts;
+pub mod repair;
 
 pub use error::{AllocError, Result};
 pub use refcounts::Refcounts;

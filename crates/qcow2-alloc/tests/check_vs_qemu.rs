@@ -1,0 +1,182 @@
+//! Our check against `qemu-img check` on every golden image and on images
+//! qemu-img/qemu-io build with snapshots, compression, bitmaps and
+//! extended L2 entries, clean and with injected faults.
+
+mod check_support;
+
+use check_support::*;
+
+#[test]
+fn every_golden_image_matches_qemu_img() {
+    let dir = golden_dir();
+    for file in golden_files() {
+        let ours = assert_same_as_qemu(&dir, &file);
+        assert!(ours.is_clean(), "{file}: {:#?}", ours.findings);
+    }
+}
+
+/// An image with data, a snapshot, writes after it (so clusters and L2
+/// tables are shared and copied), compressed clusters and a bitmap with data.
+fn rich_image(dir: &std::path::Path, name: &str, opts: &str) -> std::path::PathBuf {
+    let path = make_image(
+        dir,
+        name,
+        opts,
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 64k"],
+    );
+    qemu_img_ok(dir, &["bitmap", "--add", name, "b0"]);
+    qemu_io(dir, name, &["write -P 7 8M 64k"]);
+    qemu_img_ok(dir, &["snapshot", "-c", "s1", name]);
+    qemu_io(
+        dir,
+        name,
+        &[
+            "write -P 3 64k 64k",
+            "write -c -P 4 16M 64k",
+            "write -c -P 5 20M 128k",
+            "write -z 48M 1M",
+        ],
+    );
+    qemu_img_ok(dir, &["snapshot", "-c", "s2", name]);
+    qemu_io(dir, name, &["discard 0 64k", "write -P 6 40M 8k"]);
+    path
+}
+
+#[test]
+fn rich_images_match_qemu_img() {
+    let dir = scratch();
+    for (name, opts) in [
+        ("rich.qcow2", ""),
+        ("rich-v2.qcow2", "compat=0.10"),
+        ("rich-512.qcow2", "cluster_size=512"),
+        ("rich-ext.qcow2", "extended_l2=on"),
+        ("rich-rc1.qcow2", "refcount_bits=1"),
+        ("rich-rc4.qcow2", "refcount_bits=4"),
+        ("rich-rc64.qcow2", "refcount_bits=64,cluster_size=4k"),
+        ("rich-zstd.qcow2", "compression_type=zstd"),
+    ] {
+        // compat=0.10 has no bitmaps and 1-bit refcounts allow no
+        // snapshot: build those without.
+        let path = if opts == "compat=0.10" {
+            let p = make_image(dir.path(), name, opts, "64M", &["write -P 1 0 1M"]);
+            qemu_img_ok(dir.path(), &["snapshot", "-c", "s1", name]);
+            qemu_io(
+                dir.path(),
+                name,
+                &["write -c -P 4 16M 64k", "write -P 2 0 64k"],
+            );
+            p
+        } else if opts == "refcount_bits=1" {
+            make_image(
+                dir.path(),
+                name,
+                opts,
+                "64M",
+                &["write -P 1 0 1M", "write -c -P 4 16M 128k"],
+            )
+        } else {
+            rich_image(dir.path(), name, opts)
+        };
+        let ours = assert_same_as_qemu(dir.path(), name);
+        assert!(ours.is_clean(), "{}: {:#?}", path.display(), ours.findings);
+    }
+}
+
+#[test]
+fn rich_image_counts_compressed_and_shared_clusters() {
+    let dir = scratch();
+    rich_image(dir.path(), "rich.qcow2", "");
+    let ours = assert_same_as_qemu(dir.path(), "rich.qcow2");
+    assert!(ours.compressed_clusters >= 2, "{ours:#?}");
+    assert!(ours.fragmented_clusters >= ours.compressed_clusters);
+}
+
+/// Applies `fault` to a copy of a rich image and compares both checks.
+fn faulty(name: &str, fault: impl FnOnce(&std::path::Path)) -> qcow2_alloc::check::CheckReport {
+    let dir = scratch();
+    let path = rich_image(dir.path(), name, "");
+    fault(&path);
+    let ours = assert_same_as_qemu(dir.path(), name);
+    assert!(!ours.is_clean(), "{name}: the fault went unnoticed");
+    ours
+}
+
+#[test]
+fn injected_faults_are_counted_like_qemu_img() {
+    // A leak: the header cluster's refcount bumped.
+    let r = faulty("leak.qcow2", |p| set_refcount(p, 0, 2));
+    assert_eq!((r.leaks, r.corruptions), (1, 0));
+    // An allocated but unreferenced cluster appended to the file.
+    let r = faulty("append.qcow2", |p| {
+        let end = std::fs::metadata(p).unwrap().len().next_multiple_of(65536);
+        poke(p, end, &[0u8; 65536]);
+        set_refcount(p, end / 65536, 1);
+    });
+    assert_eq!((r.leaks, r.corruptions), (1, 0));
+    // Refcount too low on a data cluster, and 0 on an L2 table.
+    let r = faulty("low.qcow2", |p| {
+        let data = host_of(p, 32 << 20);
+        set_refcount(p, data / 65536, 0);
+    });
+    assert!(r.corruptions >= 1);
+    faulty("l2zero.qcow2", |p| set_refcount(p, first_l2(p) / 65536, 0));
+    // A COPIED flag cleared on a data cluster with refcount 1.
+    faulty("copied.qcow2", |p| {
+        let l2 = first_l2(p);
+        let entry = peek_u64(p, l2 + 640 * 8);
+        assert_ne!(
+            entry & (1 << 63),
+            0,
+            "guest cluster 640 (40M) should be COPIED"
+        );
+        poke_u64(p, l2 + 640 * 8, entry & !(1 << 63));
+    });
+    // A data cluster pointing past the end of the file, and a misaligned one.
+    faulty("beyond.qcow2", |p| {
+        poke_u64(p, first_l2(p) + 100 * 8, (1 << 63) | (1 << 40))
+    });
+    faulty("misaligned.qcow2", |p| {
+        let l2 = first_l2(p);
+        let entry = peek_u64(p, l2 + 640 * 8);
+        poke_u64(p, l2 + 640 * 8, entry + 512);
+    });
+    // Reserved bits in an L1 entry and in an L2 entry.
+    faulty("reserved.qcow2", |p| {
+        let l1 = header(p).l1_table_offset.get();
+        poke_u64(p, l1, peek_u64(p, l1) | 2);
+        let l2 = first_l2(p);
+        poke_u64(p, l2 + 640 * 8, peek_u64(p, l2 + 640 * 8) | 2);
+    });
+    // An L2 table that is also a data cluster (overlapping metadata).
+    let r = faulty("overlap.qcow2", |p| {
+        let l2 = first_l2(p);
+        let entry = peek_u64(p, l2 + 640 * 8);
+        poke_u64(p, l2 + 640 * 8, (entry & (1 << 63)) | l2);
+    });
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.message.contains("an L2 table and a data cluster")),
+        "{:#?}",
+        r.findings
+    );
+    // Broken refcount table entries.
+    faulty("rt-misaligned.qcow2", |p| {
+        let rt = header(p).refcount_table_offset.get();
+        poke_u64(p, rt, peek_u64(p, rt) + 4096);
+    });
+    faulty("rt-reserved.qcow2", |p| {
+        let rt = header(p).refcount_table_offset.get();
+        poke_u64(p, rt, peek_u64(p, rt) | 1);
+    });
+    faulty("rt-beyond.qcow2", |p| {
+        let rt = header(p).refcount_table_offset.get();
+        poke_u64(p, rt, 1 << 40);
+    });
+    faulty("rt-on-l1.qcow2", |p| {
+        let h = header(p);
+        poke_u64(p, h.refcount_table_offset.get(), h.l1_table_offset.get());
+    });
+    faulty("reftable-beyond.qcow2", |p| poke_u64(p, 48, 1 << 32));
+}

@@ -1,0 +1,271 @@
+//! Repair (`-r leaks`, `-r all`, rebuild) against qemu-img: the repaired
+//! image must be clean for `qemu-img check` and hold the same data.
+
+mod check_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use check_support::*;
+use qcow2_alloc::check::CheckError;
+use qcow2_alloc::repair::{repair, RepairMode, RepairReport};
+use qcow2_io::FileStorage;
+
+const CS: u64 = 65536;
+
+fn our_repair(path: &Path, mode: RepairMode) -> Result<RepairReport, CheckError> {
+    let storage = FileStorage::open(path, true).expect("open read-write");
+    repair(&storage, mode, &[])
+}
+
+/// An image with data, a snapshot and writes after it; returns (image,
+/// pristine copy).
+fn image(dir: &Path, name: &str, opts: &str) -> (PathBuf, PathBuf) {
+    let path = make_image(
+        dir,
+        name,
+        opts,
+        "64M",
+        &["write -P 1 0 1M", "write -P 2 32M 64k"],
+    );
+    if !opts.contains("refcount_bits=1") {
+        qemu_img_ok(dir, &["snapshot", "-c", "s1", name]);
+    }
+    qemu_io(
+        dir,
+        name,
+        &[
+            "write -P 3 64k 64k",
+            "write -c -P 4 16M 64k",
+            "write -P 6 40M 8k",
+        ],
+    );
+    let pristine = copy(&path, dir, &format!("pristine-{name}"));
+    (path, pristine)
+}
+
+/// Asserts the repaired `path` is clean for both tools and holds the same
+/// guest data as `pristine`.
+fn assert_repaired(path: &Path, pristine: &Path, done: &RepairReport) {
+    let last = done.final_report();
+    assert!(last.is_clean(), "{}: {:#?}", path.display(), last.findings);
+    assert!(our_check(path).is_clean());
+    assert!(
+        qemu_clean(path),
+        "qemu-img check is not clean on {}",
+        path.display()
+    );
+    assert!(
+        same_content(path, pristine),
+        "data changed in {}",
+        path.display()
+    );
+}
+
+#[test]
+fn leaks_are_fixed_like_qemu_img() {
+    for opts in [
+        "",
+        "refcount_bits=1",
+        "refcount_bits=4",
+        "refcount_bits=64",
+        "compat=0.10",
+        "cluster_size=4k",
+    ] {
+        let dir = scratch();
+        let (path, pristine) = image(dir.path(), "leak.qcow2", opts);
+        let cs = 1u64 << header(&path).cluster_bits;
+        // An allocated but unreferenced cluster after the end of the file...
+        let end = fs::metadata(&path).unwrap().len().next_multiple_of(cs);
+        poke(&path, end, &vec![0u8; cs as usize]);
+        set_refcount(&path, end / cs, 1);
+        // ...and, where the width allows, a bumped refcount.
+        if opts != "refcount_bits=1" {
+            set_refcount(&path, 0, 3);
+        }
+        copy(&path, dir.path(), "twin.qcow2");
+        let (before, status) = qemu_check(dir.path(), "leak.qcow2", &[]);
+        assert_eq!(status, 3, "{opts}: qemu-img sees leaks only");
+        assert_eq!(numbers(&our_check(&path)), before, "{opts}");
+        let (qemu_fixed, qemu_status) = qemu_check(dir.path(), "twin.qcow2", &["-r", "leaks"]);
+        assert_eq!(qemu_status, 0);
+        let done = our_repair(&path, RepairMode::Leaks).expect("repair completes");
+        assert_eq!(
+            numbers(&done.final_report()),
+            qemu_fixed,
+            "{opts}: -r leaks output"
+        );
+        assert_eq!(done.leaks_fixed(), before["leaks"]);
+        assert_repaired(&path, &pristine, &done);
+    }
+}
+
+#[test]
+fn too_low_refcount_is_fixed_by_all_only() {
+    let dir = scratch();
+    let (path, pristine) = image(dir.path(), "low.qcow2", "");
+    // Guest 32M is shared with the snapshot: refcount 2, lowered to 1.
+    let cluster = host_of(&path, 32 << 20) / CS;
+    assert_eq!(refcount(&path, cluster), 2);
+    set_refcount(&path, cluster, 1);
+    let twin = copy(&path, dir.path(), "twin.qcow2");
+    copy(&path, dir.path(), "twin-leaks.qcow2");
+    let (qemu_leaks_only, status) = qemu_check(dir.path(), "twin-leaks.qcow2", &["-r", "leaks"]);
+    assert_eq!(status, 2);
+    let bytes = fs::read(&path).unwrap();
+    let leaks_only = our_repair(&path, RepairMode::Leaks).expect("repair completes");
+    assert_eq!(numbers(&leaks_only.final_report()), qemu_leaks_only);
+    assert!(leaks_only.final_report().corruptions >= 1);
+    assert!(leaks_only.recheck.is_none());
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "-r leaks must not touch a corruption"
+    );
+    let (qemu_fixed, _) = qemu_check(
+        dir.path(),
+        twin.file_name().unwrap().to_str().unwrap(),
+        &["-r", "all"],
+    );
+    let done = our_repair(&path, RepairMode::All).expect("repair completes");
+    assert_eq!(numbers(&done.final_report()), qemu_fixed);
+    assert_eq!(done.corruptions_fixed(), 1);
+    assert!(!done.repair_pass.rebuilt);
+    assert_eq!(refcount(&path, cluster), 2);
+    assert_repaired(&path, &pristine, &done);
+}
+
+#[test]
+fn zero_refcount_needs_a_rebuild() {
+    for (what, opts) in [
+        ("data", ""),
+        ("l2", ""),
+        ("data", "extended_l2=on"),
+        ("data", "cluster_size=512"),
+        ("l2", "refcount_bits=64"),
+    ] {
+        let dir = scratch();
+        let (path, pristine) = image(dir.path(), "zero.qcow2", opts);
+        let cs = 1u64 << header(&path).cluster_bits;
+        let cluster = if what == "l2" {
+            first_l2(&path) / cs
+        } else {
+            header(&path).l1_table_offset.get() / cs
+        };
+        set_refcount(&path, cluster, 0);
+        let (found, status) = qemu_check(dir.path(), "zero.qcow2", &[]);
+        assert_eq!(status, 2);
+        assert_eq!(numbers(&our_check(&path)), found, "{what} {opts}");
+        let bytes = fs::read(&path).unwrap();
+        assert!(matches!(
+            our_repair(&path, RepairMode::Leaks),
+            Err(CheckError::RebuildNeeded)
+        ));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "a failed -r leaks must not write"
+        );
+        let first_cluster = bytes[..cs as usize].to_vec();
+        let done = our_repair(&path, RepairMode::All).expect("rebuild completes");
+        assert!(done.repair_pass.rebuilt);
+        assert!(done.corruptions_fixed() >= 1);
+        assert_repaired(&path, &pristine, &done);
+        assert_eq!(raw_content(&path), raw_content(&pristine));
+        // The header changed in the refcount table fields only.
+        let after = fs::read(&path).unwrap();
+        for (i, (a, b)) in first_cluster.iter().zip(&after[..cs as usize]).enumerate() {
+            assert!(a == b || (48..60).contains(&i), "header byte {i} changed");
+        }
+    }
+}
+
+/// A named fault applied to an image file.
+type Fault = (&'static str, fn(&Path));
+
+#[test]
+fn broken_refcount_table_is_rebuilt() {
+    let faults: [Fault; 5] = [
+        ("misaligned", |p| {
+            let rt = header(p).refcount_table_offset.get();
+            poke_u64(p, rt, peek_u64(p, rt) + 4096);
+        }),
+        ("reserved bits", |p| {
+            let rt = header(p).refcount_table_offset.get();
+            poke_u64(p, rt, peek_u64(p, rt) | 1);
+        }),
+        ("beyond the end", |p| {
+            let rt = header(p).refcount_table_offset.get();
+            poke_u64(p, rt, 1 << 40);
+        }),
+        ("on the L1 table", |p| {
+            let h = header(p);
+            poke_u64(p, h.refcount_table_offset.get(), h.l1_table_offset.get());
+        }),
+        ("table beyond the end", |p| poke_u64(p, 48, 1 << 32)),
+    ];
+    for (name, fault) in faults {
+        let dir = scratch();
+        let (path, pristine) = image(dir.path(), "broken.qcow2", "");
+        fault(&path);
+        assert!(!qemu_clean(&path), "{name}: qemu-img should see the fault");
+        let done = our_repair(&path, RepairMode::All).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(done.repair_pass.rebuilt, "{name}");
+        assert_repaired(&path, &pristine, &done);
+        assert_eq!(raw_content(&path), raw_content(&pristine), "{name}");
+    }
+}
+
+#[test]
+fn copied_flags_are_fixed() {
+    let dir = scratch();
+    let (path, pristine) = image(dir.path(), "copied.qcow2", "");
+    let l2 = first_l2(&path);
+    let at = l2 + 640 * 8;
+    let entry = peek_u64(&path, at);
+    assert_ne!(entry & (1 << 63), 0);
+    poke_u64(&path, at, entry & !(1 << 63));
+    let l1 = header(&path).l1_table_offset.get();
+    poke_u64(&path, l1, peek_u64(&path, l1) ^ (1 << 63));
+    let twin = copy(&path, dir.path(), "twin.qcow2");
+    let (qemu_fixed, _) = qemu_check(
+        dir.path(),
+        twin.file_name().unwrap().to_str().unwrap(),
+        &["-r", "all"],
+    );
+    let done = our_repair(&path, RepairMode::All).expect("repair completes");
+    assert_eq!(numbers(&done.final_report()), qemu_fixed);
+    assert_eq!(done.corruptions_fixed(), 2);
+    assert_eq!(peek_u64(&path, at), entry);
+    assert_repaired(&path, &pristine, &done);
+}
+
+#[test]
+fn repair_clears_the_dirty_bit() {
+    let dir = scratch();
+    let (path, pristine) = image(dir.path(), "dirty.qcow2", "lazy_refcounts=on");
+    // What a crash with lazy refcounts leaves: the dirty bit and a refcount
+    // that was not raised.
+    poke_u64(&path, 72, header(&path).incompatible_features | 1);
+    set_refcount(&path, host_of(&path, 32 << 20) / CS, 1);
+    let done = our_repair(&path, RepairMode::All).expect("repair completes");
+    assert_eq!(
+        header(&path).incompatible_features & 1,
+        0,
+        "dirty bit cleared"
+    );
+    assert_repaired(&path, &pristine, &done);
+}
+
+#[test]
+fn clean_image_is_left_alone() {
+    let dir = scratch();
+    let (path, _) = image(dir.path(), "clean.qcow2", "");
+    let bytes = fs::read(&path).unwrap();
+    for mode in [RepairMode::Leaks, RepairMode::All] {
+        let done = our_repair(&path, mode).expect("repair completes");
+        assert!(done.recheck.is_none());
+        assert!(done.final_report().is_clean());
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+}
