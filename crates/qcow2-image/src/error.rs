@@ -28,6 +28,9 @@ pub enum ImageError {
     /// Refcount bookkeeping failed.
     #[error(transparent)]
     Alloc(#[from] AllocError),
+    /// Checking or repairing refcounts failed.
+    #[error(transparent)]
+    Check(#[from] qcow2_alloc::check::CheckError),
     /// A compressed cluster could not be decoded or encoded.
     #[error("compressed cluster at host byte {offset:#x}: {source}")]
     Codec {

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use qcow2_alloc::repair::{repair, RepairMode};
 use qcow2_alloc::Refcounts;
 use qcow2_codec::{Codec, Registry};
 use qcow2_format::features as feat;
@@ -74,6 +75,15 @@ impl Image {
     }
 
     fn open_at_depth(storage: Arc<dyn Storage>, options: OpenOptions, depth: u32) -> Result<Self> {
+        Self::open_inner(storage, options, depth, false)
+    }
+
+    fn open_inner(
+        storage: Arc<dyn Storage>,
+        options: OpenOptions,
+        depth: u32,
+        repaired: bool,
+    ) -> Result<Self> {
         let file_len = storage
             .len()
             .map_err(|e| ImageError::io("reading the file length", 0, e))?;
@@ -104,9 +114,26 @@ impl Image {
                 });
             }
             if features.dirty {
-                return Err(unsupported(
-                    "writing an image with the dirty bit set; run `qcow2 check -r all` first",
-                ));
+                // Refcounts of a dirty image (lazy refcounts) may be stale:
+                // rebuild them as QEMU does, then open the repaired image.
+                if repaired {
+                    return Err(ImageError::Corrupt {
+                        offset: 72,
+                        reason: "the dirty bit survived a refcount repair".into(),
+                    });
+                }
+                let report = repair(&*storage, RepairMode::All, &[])?;
+                let left = report.final_report();
+                if left.corruptions > 0 {
+                    return Err(ImageError::Corrupt {
+                        offset: 0,
+                        reason: format!(
+                            "{} corruptions remain after repairing the dirty image",
+                            left.corruptions
+                        ),
+                    });
+                }
+                return Self::open_inner(storage, options, depth, true);
             }
             if features.dedup() {
                 return Err(unsupported(
