@@ -53,7 +53,9 @@ pub struct RawBacking {
 
 impl std::fmt::Debug for RawBacking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawBacking").field("size", &self.size).finish()
+        f.debug_struct("RawBacking")
+            .field("size", &self.size)
+            .finish()
     }
 }
 

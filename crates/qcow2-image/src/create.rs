@@ -28,21 +28,33 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> ImageError {
 fn validate(options: &CreateOptions) -> Result<(ClusterGeometry, RefcountOrder)> {
     let cs = options.cluster_size;
     if !cs.is_power_of_two() {
-        return Err(invalid("cluster_size", format!("{cs} is not a power of two")));
+        return Err(invalid(
+            "cluster_size",
+            format!("{cs} is not a power of two"),
+        ));
     }
     let geometry = ClusterGeometry::new(cs.trailing_zeros())
         .ok_or_else(|| invalid("cluster_size", format!("{cs} is outside 512 B..2 MiB")))?;
     if !matches!(options.version, 2 | 3) {
-        return Err(invalid("compat", format!("version {} (use 2 or 3)", options.version)));
+        return Err(invalid(
+            "compat",
+            format!("version {} (use 2 or 3)", options.version),
+        ));
     }
     let bits = options.refcount_bits;
     if !bits.is_power_of_two() || bits > 64 {
-        return Err(invalid("refcount_bits", format!("{bits} (use 1, 2, 4, 8, 16, 32 or 64)")));
+        return Err(invalid(
+            "refcount_bits",
+            format!("{bits} (use 1, 2, 4, 8, 16, 32 or 64)"),
+        ));
     }
     let order = RefcountOrder::new(bits.trailing_zeros()).unwrap_or(RefcountOrder::DEFAULT);
     let v3 = options.version == 3;
     if !v3 && bits != 16 {
-        return Err(invalid("refcount_bits", "version 2 images only have 16-bit refcounts"));
+        return Err(invalid(
+            "refcount_bits",
+            "version 2 images only have 16-bit refcounts",
+        ));
     }
     if !v3 && (options.lazy_refcounts || options.extended_l2 || options.compression_type != 0) {
         return Err(invalid(
@@ -51,13 +63,19 @@ fn validate(options: &CreateOptions) -> Result<(ClusterGeometry, RefcountOrder)>
         ));
     }
     if options.extended_l2 && cs < 16384 {
-        return Err(invalid("cluster_size", "extended_l2 needs clusters of at least 16 KiB"));
+        return Err(invalid(
+            "cluster_size",
+            "extended_l2 needs clusters of at least 16 KiB",
+        ));
     }
     if options.compression_type > 1 {
         return Err(invalid("compression_type", "use 0 (zlib) or 1 (zstd)"));
     }
     if options.backing_format.is_some() && options.backing_file.is_none() {
-        return Err(invalid("backing_fmt", "a backing format needs a backing file"));
+        return Err(invalid(
+            "backing_fmt",
+            "a backing format needs a backing file",
+        ));
     }
     if options.backing_file.is_some() && options.preallocation != Preallocation::Off {
         return Err(invalid("preallocation", "not with a backing file"));
@@ -113,7 +131,8 @@ impl Image {
         header.refcount_table_clusters = 1;
         header.l1_table_offset = l1_offset;
         header.l1_size = l1_entries as u32;
-        header.incompatible_features = incompatible_bits(options.extended_l2, options.compression_type);
+        header.incompatible_features =
+            incompatible_bits(options.extended_l2, options.compression_type);
         header.compression_type = options.compression_type;
         if options.lazy_refcounts {
             header.compatible_features |= feat::COMPAT_LAZY_REFCOUNTS;

@@ -96,7 +96,10 @@ impl Image {
         first.truncate(geometry.cluster_size() as usize);
         let mut area = HeaderArea::parse(&first)?;
         let lookup = |name: &str| -> Option<u8> {
-            Registry::builtin().info(name).ok().map(|i| i.levels().max())
+            Registry::builtin()
+                .info(name)
+                .ok()
+                .map(|i| i.levels().max())
         };
         let assessment = area.assess(Some(&lookup))?;
         let features = assessment.features;
@@ -388,9 +391,8 @@ fn open_backing(
         )));
     }
     let path = resolve_backing_path(image_path, &name);
-    let storage: Arc<dyn Storage> = Arc::new(
-        FileStorage::open(&path, false).map_err(|e| backing_error(e.to_string()))?,
-    );
+    let storage: Arc<dyn Storage> =
+        Arc::new(FileStorage::open(&path, false).map_err(|e| backing_error(e.to_string()))?);
     let format = match area.backing_format() {
         Some(f) => f.to_string(),
         None => {
@@ -414,7 +416,11 @@ fn open_backing(
             .map_err(|e| backing_error(e.to_string()))?,
         ),
         "raw" | "file" => Arc::new(RawBacking::new(storage)?),
-        other => return Err(backing_error(format!("unsupported backing format {other:?}"))),
+        other => {
+            return Err(backing_error(format!(
+                "unsupported backing format {other:?}"
+            )))
+        }
     };
     Ok(Some(source))
 }
@@ -425,7 +431,9 @@ pub(crate) fn check_l1_fits(layout: &Layout, size: u64) -> Result<u64> {
     if entries > MAX_L1_ENTRIES {
         return Err(ImageError::InvalidArgument {
             what: "size",
-            reason: format!("{size} bytes needs an L1 table of {entries} entries (max {MAX_L1_ENTRIES})"),
+            reason: format!(
+                "{size} bytes needs an L1 table of {entries} entries (max {MAX_L1_ENTRIES})"
+            ),
         });
     }
     Ok(entries)

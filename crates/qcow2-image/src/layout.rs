@@ -110,7 +110,12 @@ impl Layout {
     }
 
     /// Encodes `mapping` into entry `index`.
-    pub fn encode(&self, table: &mut [u64], index: usize, mapping: ExtendedL2Mapping) -> Result<()> {
+    pub fn encode(
+        &self,
+        table: &mut [u64],
+        index: usize,
+        mapping: ExtendedL2Mapping,
+    ) -> Result<()> {
         let w = self.words();
         let words = table
             .get_mut(index * w..index * w + w)

@@ -28,5 +28,5 @@ mod zero;
 pub use backing::{resolve_backing_path, BackingSource, RawBacking};
 pub use error::{ImageError, Result};
 pub use image::Image;
-pub use status::{Extent, ExtentKind};
 pub use options::{BackingMode, CreateOptions, OpenOptions, Preallocation};
+pub use status::{Extent, ExtentKind};

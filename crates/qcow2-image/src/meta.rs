@@ -105,7 +105,8 @@ impl Meta {
         storage
             .read_at(&mut bytes, offset.get())
             .map_err(|e| ImageError::io("reading an L2 table", offset.get(), e))?;
-        self.l2.insert(l1_index, offset, words_from_bytes(&bytes), false);
+        self.l2
+            .insert(l1_index, offset, words_from_bytes(&bytes), false);
         Ok(true)
     }
 
@@ -157,8 +158,7 @@ impl Meta {
     /// allocated if unused, copied if shared with a snapshot.
     fn writable_l2(&mut self, storage: &dyn Storage, l1_index: u64) -> Result<()> {
         let entry = self.l1_entry(l1_index)?;
-        let words_per_table =
-            (self.layout.cluster_size() / 8) as usize;
+        let words_per_table = (self.layout.cluster_size() / 8) as usize;
         let Some(old) = entry.l2_table else {
             self.make_room(storage)?;
             let offset = self.refcounts.allocate(storage, 1)?;
@@ -200,7 +200,12 @@ impl Meta {
 
     /// Whether the data cluster at `host` may be written in place: its
     /// refcount is one.
-    pub fn is_private(&mut self, storage: &dyn Storage, host: HostOffset, copied: bool) -> Result<bool> {
+    pub fn is_private(
+        &mut self,
+        storage: &dyn Storage,
+        host: HostOffset,
+        copied: bool,
+    ) -> Result<bool> {
         if copied {
             return Ok(true);
         }
@@ -310,7 +315,12 @@ impl Meta {
 
     /// Replaces the L1 table by `entries` at a new place (growth), keeping
     /// the old one until the header points at the new one.
-    pub fn replace_l1(&mut self, storage: &dyn Storage, entries: Vec<u64>, size: u64) -> Result<()> {
+    pub fn replace_l1(
+        &mut self,
+        storage: &dyn Storage,
+        entries: Vec<u64>,
+        size: u64,
+    ) -> Result<()> {
         self.flush(storage)?;
         let cs = self.layout.cluster_size();
         let bytes_len = (entries.len() * L1_ENTRY_SIZE) as u64;
@@ -324,7 +334,8 @@ impl Meta {
             .map_err(|e| ImageError::io("writing the L1 table", offset.get(), e))?;
         sync(storage)?;
         let old_offset = self.area.header.l1_table_offset;
-        let old_clusters = (u64::from(self.area.header.l1_size) * L1_ENTRY_SIZE as u64).div_ceil(cs);
+        let old_clusters =
+            (u64::from(self.area.header.l1_size) * L1_ENTRY_SIZE as u64).div_ceil(cs);
         self.area.header.l1_table_offset = offset;
         self.area.header.l1_size = entries.len() as u32;
         self.area.header.size = size;

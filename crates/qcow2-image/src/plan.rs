@@ -105,7 +105,12 @@ pub(crate) fn run_source(
 }
 
 /// Plans reading `len` bytes at guest `offset`.
-pub(crate) fn plan(meta: &mut Meta, storage: &dyn Storage, offset: u64, len: u64) -> Result<Vec<Piece>> {
+pub(crate) fn plan(
+    meta: &mut Meta,
+    storage: &dyn Storage,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<Piece>> {
     let cs = meta.layout.cluster_size();
     let mut plan = Vec::new();
     let mut pos = offset;

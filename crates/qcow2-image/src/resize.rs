@@ -56,7 +56,11 @@ impl Image {
             }
             let old = meta.mapping(&*self.storage, cluster)?;
             if old != (ExtendedL2Mapping::Unallocated { zero: 0 }) {
-                meta.set_mapping(&*self.storage, cluster, ExtendedL2Mapping::Unallocated { zero: 0 })?;
+                meta.set_mapping(
+                    &*self.storage,
+                    cluster,
+                    ExtendedL2Mapping::Unallocated { zero: 0 },
+                )?;
                 meta.release_mapping(old)?;
             }
             cluster += 1;

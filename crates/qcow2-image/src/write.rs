@@ -50,7 +50,11 @@ impl Image {
     }
 
     /// The host cluster of `mapping` when it may be written in place.
-    fn private_host(&self, meta: &mut Meta, mapping: ExtendedL2Mapping) -> Result<Option<HostCluster>> {
+    fn private_host(
+        &self,
+        meta: &mut Meta,
+        mapping: ExtendedL2Mapping,
+    ) -> Result<Option<HostCluster>> {
         match mapping {
             ExtendedL2Mapping::Allocated { host, .. } => {
                 if meta.is_private(&*self.storage, host.offset, host.copied)? {

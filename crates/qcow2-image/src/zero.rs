@@ -39,7 +39,9 @@ impl Image {
         let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
         let mut meta = self.lock_meta();
         self.check_range(offset, len, meta.size())?;
-        self.guarded(&mut meta, |meta| self.change_locked(meta, offset, len, mode))
+        self.guarded(&mut meta, |meta| {
+            self.change_locked(meta, offset, len, mode)
+        })
     }
 
     fn change_locked(&self, meta: &mut Meta, offset: u64, len: u64, mode: Mode) -> Result<()> {
@@ -69,7 +71,11 @@ impl Image {
                 if zeroing {
                     // Edges that do not cover a whole unit get zero bytes.
                     let base = cluster * cs;
-                    self.zero_bytes(meta, base + within, (first_unit * us).saturating_sub(within))?;
+                    self.zero_bytes(
+                        meta,
+                        base + within,
+                        (first_unit * us).saturating_sub(within),
+                    )?;
                     let tail = end_unit * us;
                     self.zero_bytes(meta, base + tail, (within + n).saturating_sub(tail))?;
                 }
@@ -106,7 +112,11 @@ impl Image {
                 _ => {}
             }
             if old != (ExtendedL2Mapping::Unallocated { zero: 0 }) {
-                meta.set_mapping(&*self.storage, cluster, ExtendedL2Mapping::Unallocated { zero: 0 })?;
+                meta.set_mapping(
+                    &*self.storage,
+                    cluster,
+                    ExtendedL2Mapping::Unallocated { zero: 0 },
+                )?;
                 meta.release_mapping(old)?;
             }
             return Ok(());
@@ -126,22 +136,32 @@ impl Image {
                 self.write_locked(meta, &data, cluster * cs)?;
                 return self.change_units(meta, cluster, mask, mode);
             }
-            (ExtendedL2Mapping::Allocated { host, allocated, zero }, Mode::Zero { unmap: false })
-                if meta.is_private(&*self.storage, host.offset, host.copied)? =>
-            {
+            (
+                ExtendedL2Mapping::Allocated {
+                    host,
+                    allocated,
+                    zero,
+                },
+                Mode::Zero { unmap: false },
+            ) if meta.is_private(&*self.storage, host.offset, host.copied)? => {
                 ExtendedL2Mapping::Allocated {
                     host,
                     allocated: allocated & !mask,
                     zero: zero | mask,
                 }
             }
-            (ExtendedL2Mapping::Allocated { host, allocated, zero }, _) if mask != all => {
+            (
                 ExtendedL2Mapping::Allocated {
                     host,
-                    allocated: allocated & !mask,
-                    zero: zero | mask,
-                }
-            }
+                    allocated,
+                    zero,
+                },
+                _,
+            ) if mask != all => ExtendedL2Mapping::Allocated {
+                host,
+                allocated: allocated & !mask,
+                zero: zero | mask,
+            },
             (ExtendedL2Mapping::Unallocated { zero }, _) if mask != all => {
                 ExtendedL2Mapping::Unallocated { zero: zero | mask }
             }
@@ -154,8 +174,10 @@ impl Image {
         meta.set_mapping(&*self.storage, cluster, new)?;
         let dropped_host = !matches!(
             (old, new),
-            (ExtendedL2Mapping::Allocated { .. }, ExtendedL2Mapping::Allocated { .. })
-                | (ExtendedL2Mapping::Unallocated { .. }, _)
+            (
+                ExtendedL2Mapping::Allocated { .. },
+                ExtendedL2Mapping::Allocated { .. }
+            ) | (ExtendedL2Mapping::Unallocated { .. }, _)
         );
         if dropped_host {
             meta.release_mapping(old)?;

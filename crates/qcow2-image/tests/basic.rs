@@ -6,7 +6,9 @@ use qcow2_image::{BackingMode, CreateOptions, Image, OpenOptions};
 use qcow2_io::{MemoryStorage, Storage};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn create(options: &CreateOptions) -> (Arc<MemoryStorage>, Image) {
@@ -30,18 +32,27 @@ fn fresh_image_reads_zeros() {
 
 #[test]
 fn write_read_round_trip_across_layouts() {
-    for (cluster_size, extended, refcount_bits) in
-        [(512, false, 16), (4096, false, 1), (65536, false, 64), (65536, true, 16), (16384, true, 8)]
-    {
+    for (cluster_size, extended, refcount_bits) in [
+        (512, false, 16),
+        (4096, false, 1),
+        (65536, false, 64),
+        (65536, true, 16),
+        (16384, true, 8),
+    ] {
         let mut options = CreateOptions::new(8 << 20);
         options.cluster_size = cluster_size;
         options.extended_l2 = extended;
         options.refcount_bits = refcount_bits;
         let (storage, image) = create(&options);
         let mut model = vec![0u8; 8 << 20];
-        let writes = [(0u64, 100usize), (4000, 9000), (65536 * 3 + 17, 200_000), ((8 << 20) - 512, 512)]
-            .iter()
-            .enumerate();
+        let writes = [
+            (0u64, 100usize),
+            (4000, 9000),
+            (65536 * 3 + 17, 200_000),
+            ((8 << 20) - 512, 512),
+        ]
+        .iter()
+        .enumerate();
         for (i, &(offset, len)) in writes {
             let data = pattern(len, i as u8);
             image.write_at(&data, offset).unwrap();
@@ -58,7 +69,10 @@ fn write_read_round_trip_across_layouts() {
         let again = reopen(&storage);
         let mut buf2 = vec![0u8; model.len()];
         again.read_at(&mut buf2, 0).unwrap();
-        assert!(buf2 == model, "after reopen: cluster {cluster_size} extended {extended}");
+        assert!(
+            buf2 == model,
+            "after reopen: cluster {cluster_size} extended {extended}"
+        );
     }
 }
 

@@ -11,7 +11,16 @@ use qcow2_image::Image;
 /// Our reading of every guest byte must equal QEMU's.
 fn assert_same_content(dir: &Path, image: &Path) {
     let raw = dir.join("expected.raw");
-    run("qemu-img", &["convert", "-O", "raw", image.to_str().unwrap(), raw.to_str().unwrap()]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
     let expected = std::fs::read(&raw).unwrap();
     let ours = Image::open_path(image, false).unwrap();
     assert_eq!(ours.size(), expected.len() as u64);
@@ -25,7 +34,11 @@ fn assert_same_content(dir: &Path, image: &Path) {
         pos += n;
     }
     let first_diff = buf.iter().zip(&expected).position(|(a, b)| a != b);
-    assert!(first_diff.is_none(), "{}: first difference at {first_diff:?}", image.display());
+    assert!(
+        first_diff.is_none(),
+        "{}: first difference at {first_diff:?}",
+        image.display()
+    );
 }
 
 fn qemu_io(image: &Path, commands: &[String]) {
@@ -68,7 +81,19 @@ fn option_matrix_reads_like_qemu() {
     ];
     for (i, opts) in cases.iter().enumerate() {
         let image = dir.path().join(format!("m{i}.qcow2"));
-        run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", opts, image.to_str().unwrap(), "12M"]);
+        run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                opts,
+                image.to_str().unwrap(),
+                "12M",
+            ],
+        );
         let cluster: u64 = opts
             .split(',')
             .find_map(|o| o.strip_prefix("cluster_size="))
@@ -83,15 +108,69 @@ fn backing_chains_read_through() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     // raw <- qcow2 <- qcow2 (extended L2 on top, so subclusters fall through)
-    run("qemu-img", &["create", "-q", "-f", "raw", &p("base.raw"), "8M"]);
-    run("qemu-io", &["-f", "raw", "-c", "write -P 0xaa 0 8M", &p("base.raw")]);
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &p("mid.qcow2")]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0xbb 65536 100000", "-c", "write -z 3M 1M", &p("mid.qcow2")]);
     run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "mid.qcow2", "-F", "qcow2", &p("top.qcow2"), "10M"],
+        &["create", "-q", "-f", "raw", &p("base.raw"), "8M"],
     );
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0xcc 70000 5000", "-c", "write -P 0xdd 7M 2M", &p("top.qcow2")]);
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0xaa 0 8M", &p("base.raw")],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            &p("mid.qcow2"),
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xbb 65536 100000",
+            "-c",
+            "write -z 3M 1M",
+            &p("mid.qcow2"),
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &p("top.qcow2"),
+            "10M",
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xcc 70000 5000",
+            "-c",
+            "write -P 0xdd 7M 2M",
+            &p("top.qcow2"),
+        ],
+    );
     assert_same_content(dir.path(), Path::new(&p("top.qcow2")));
 }
 
@@ -110,7 +189,19 @@ fn compressed_clusters_read_like_qemu() {
         for cluster in ["4096", "65536", "2097152"] {
             let out = p(&format!("c{i}-{cluster}.qcow2"));
             let opts = format!("compression_type={kind},cluster_size={cluster}");
-            run("qemu-img", &["convert", "-c", "-O", "qcow2", "-o", &opts, &p("src.raw"), &out]);
+            run(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-c",
+                    "-O",
+                    "qcow2",
+                    "-o",
+                    &opts,
+                    &p("src.raw"),
+                    &out,
+                ],
+            );
             assert_same_content(dir.path(), Path::new(&out));
         }
     }
@@ -125,7 +216,10 @@ fn writes_to_compressed_and_snapshot_clusters_copy_them() {
         *b = (i / 1000) as u8;
     }
     std::fs::write(p("src.raw"), &raw).unwrap();
-    run("qemu-img", &["convert", "-c", "-O", "qcow2", &p("src.raw"), &p("c.qcow2")]);
+    run(
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", &p("src.raw"), &p("c.qcow2")],
+    );
     run("qemu-img", &["snapshot", "-c", "snap1", &p("c.qcow2")]);
     let image = Image::open_path(Path::new(&p("c.qcow2")), true).unwrap();
     image.write_at(&[0xee; 3000], 70_000).unwrap();
@@ -134,12 +228,32 @@ fn writes_to_compressed_and_snapshot_clusters_copy_them() {
     raw[70_000..73_000].fill(0xee);
     raw[131_072..196_608].fill(0xef);
     common::assert_qemu_check_clean(Path::new(&p("c.qcow2")));
-    run("qemu-img", &["convert", "-O", "raw", &p("c.qcow2"), &p("out.raw")]);
-    assert!(std::fs::read(p("out.raw")).unwrap() == raw, "active layer content");
+    run(
+        "qemu-img",
+        &["convert", "-O", "raw", &p("c.qcow2"), &p("out.raw")],
+    );
+    assert!(
+        std::fs::read(p("out.raw")).unwrap() == raw,
+        "active layer content"
+    );
     // The snapshot still holds the original data.
-    run("qemu-img", &["convert", "-O", "raw", "-l", "snap1", &p("c.qcow2"), &p("snap.raw")]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            "-l",
+            "snap1",
+            &p("c.qcow2"),
+            &p("snap.raw"),
+        ],
+    );
     let snap = std::fs::read(p("snap.raw")).unwrap();
-    assert!(snap[70_000..73_000].iter().enumerate().all(|(i, &b)| b == ((70_000 + i) / 1000) as u8));
+    assert!(snap[70_000..73_000]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == ((70_000 + i) / 1000) as u8));
 }
 
 #[test]
@@ -147,7 +261,19 @@ fn dirty_image_is_repaired_on_writable_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dirty.qcow2");
     let p = path.to_str().unwrap();
-    run("qemu-img", &["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", p, "16M"]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            p,
+            "16M",
+        ],
+    );
     // qemu-io's `abort` crashes after the write: the dirty bit stays set and
     // the refcounts of the new clusters were never written.
     let status = std::process::Command::new("qemu-io")
@@ -157,12 +283,19 @@ fn dirty_image_is_repaired_on_writable_open() {
         .status;
     assert!(!status.success(), "qemu-io abort should crash");
     let before = qcow2_format::Header::parse(&std::fs::read(&path).unwrap()).unwrap();
-    assert!(before.incompatible_features & 1 != 0, "the dirty bit is set");
+    assert!(
+        before.incompatible_features & 1 != 0,
+        "the dirty bit is set"
+    );
     let image = Image::open_path(&path, true).unwrap();
     image.write_at(&[0x62; 4096], 2 << 20).unwrap();
     image.close().unwrap();
     let after = qcow2_format::Header::parse(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(after.incompatible_features & 1, 0, "the dirty bit is cleared");
+    assert_eq!(
+        after.incompatible_features & 1,
+        0,
+        "the dirty bit is cleared"
+    );
     common::assert_qemu_check_clean(&path);
     common::assert_qemu_reads_pattern(&path, 0, 1 << 20, 0x61);
     common::assert_qemu_reads_pattern(&path, 2 << 20, 4096, 0x62);

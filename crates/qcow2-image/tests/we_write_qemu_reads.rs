@@ -15,14 +15,54 @@ struct Config {
 }
 
 const MATRIX: &[Config] = &[
-    Config { cluster_size: 65536, refcount_bits: 16, version: 3, extended_l2: false },
-    Config { cluster_size: 512, refcount_bits: 16, version: 3, extended_l2: false },
-    Config { cluster_size: 4096, refcount_bits: 1, version: 3, extended_l2: false },
-    Config { cluster_size: 65536, refcount_bits: 64, version: 3, extended_l2: false },
-    Config { cluster_size: 65536, refcount_bits: 16, version: 2, extended_l2: false },
-    Config { cluster_size: 65536, refcount_bits: 16, version: 3, extended_l2: true },
-    Config { cluster_size: 2 << 20, refcount_bits: 16, version: 3, extended_l2: false },
-    Config { cluster_size: 16384, refcount_bits: 8, version: 3, extended_l2: true },
+    Config {
+        cluster_size: 65536,
+        refcount_bits: 16,
+        version: 3,
+        extended_l2: false,
+    },
+    Config {
+        cluster_size: 512,
+        refcount_bits: 16,
+        version: 3,
+        extended_l2: false,
+    },
+    Config {
+        cluster_size: 4096,
+        refcount_bits: 1,
+        version: 3,
+        extended_l2: false,
+    },
+    Config {
+        cluster_size: 65536,
+        refcount_bits: 64,
+        version: 3,
+        extended_l2: false,
+    },
+    Config {
+        cluster_size: 65536,
+        refcount_bits: 16,
+        version: 2,
+        extended_l2: false,
+    },
+    Config {
+        cluster_size: 65536,
+        refcount_bits: 16,
+        version: 3,
+        extended_l2: true,
+    },
+    Config {
+        cluster_size: 2 << 20,
+        refcount_bits: 16,
+        version: 3,
+        extended_l2: false,
+    },
+    Config {
+        cluster_size: 16384,
+        refcount_bits: 8,
+        version: 3,
+        extended_l2: true,
+    },
 ];
 
 fn options(config: &Config, size: u64) -> CreateOptions {
@@ -47,7 +87,9 @@ fn random_writes_are_clean_and_readable_by_qemu() {
             let len = 1 + rng.below(3 * config.cluster_size.min(1 << 20));
             let offset = rng.below(size - len);
             let pattern = (i % 250 + 1) as u8;
-            image.write_at(&vec![pattern; len as usize], offset).unwrap();
+            image
+                .write_at(&vec![pattern; len as usize], offset)
+                .unwrap();
             model[offset as usize..(offset + len) as usize].fill(pattern);
         }
         // Zero writes and discards in their own region, then a final write
@@ -55,7 +97,9 @@ fn random_writes_are_clean_and_readable_by_qemu() {
         let region = size - (8 << 20);
         image.write_at(&vec![0x5a; 4 << 20], region).unwrap();
         image.write_zeroes(region + 1000, 300_000, false).unwrap();
-        image.write_zeroes(region + (1 << 20), 1 << 20, true).unwrap();
+        image
+            .write_zeroes(region + (1 << 20), 1 << 20, true)
+            .unwrap();
         image.discard(region + (2 << 20), 1 << 20).unwrap();
         let r = region as usize;
         model[r..r + (4 << 20)].fill(0x5a);
@@ -63,7 +107,11 @@ fn random_writes_are_clean_and_readable_by_qemu() {
         model[r + (1 << 20)..r + (2 << 20)].fill(0);
         // A discard drops whole allocation units only (clusters, or
         // subclusters with extended L2), which then read as zeros.
-        let unit = if config.extended_l2 { config.cluster_size / 32 } else { config.cluster_size };
+        let unit = if config.extended_l2 {
+            config.cluster_size / 32
+        } else {
+            config.cluster_size
+        };
         let (d_start, d_end) = (region + (2 << 20), region + (3 << 20));
         let (u_start, u_end) = (d_start.div_ceil(unit) * unit, d_end / unit * unit);
         if u_start < u_end {
@@ -74,11 +122,25 @@ fn random_writes_are_clean_and_readable_by_qemu() {
         assert_qemu_reads_pattern(&path, region, 1000, 0x5a);
         assert_qemu_reads_pattern(&path, region + 1000, 300_000, 0);
         assert_qemu_reads_pattern(&path, region + (1 << 20), 1 << 20, 0);
-        assert_qemu_reads_pattern(&path, u_start.max(d_start), u_end.saturating_sub(u_start).max(1), if u_start < u_end { 0 } else { 0x5a });
+        assert_qemu_reads_pattern(
+            &path,
+            u_start.max(d_start),
+            u_end.saturating_sub(u_start).max(1),
+            if u_start < u_end { 0 } else { 0x5a },
+        );
         assert_qemu_reads_pattern(&path, region + (3 << 20), 1 << 20, 0x5a);
         // The whole guest content agrees with what we read ourselves.
         let raw = dir.path().join(format!("w{n}.raw"));
-        run("qemu-img", &["convert", "-O", "raw", path.to_str().unwrap(), raw.to_str().unwrap()]);
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-O",
+                "raw",
+                path.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ],
+        );
         let qemu_bytes = std::fs::read(&raw).unwrap();
         let ours = Image::open_path(&path, false).unwrap();
         let mut buf = vec![0u8; size as usize];

@@ -39,7 +39,12 @@ pub fn assert_qemu_check_clean(path: &Path) {
     let json: serde_json::Value = serde_json::from_str(&text).expect("check json");
     for key in ["corruptions", "leaks", "check-errors"] {
         let v = json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        assert_eq!(v, 0, "{key} in qemu-img check of {}: {text}", path.display());
+        assert_eq!(
+            v,
+            0,
+            "{key} in qemu-img check of {}: {text}",
+            path.display()
+        );
     }
 }
 
