@@ -213,6 +213,35 @@ impl Meta {
         Ok(self.refcounts.get(storage, cluster)? == 1)
     }
 
+    /// Refuses to write guest data over the header, the L1 table or the
+    /// refcount table: a hostile or damaged L2 entry must not turn a guest
+    /// write into metadata corruption.
+    pub fn check_data_target(&self, host: HostOffset) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        let h = &self.area.header;
+        let l1_end = h.l1_table_offset.get() + u64::from(h.l1_size) * L1_ENTRY_SIZE as u64;
+        let rt = self.refcounts.location();
+        let rt_end = rt.offset.get() + u64::from(rt.clusters) * cs;
+        let start = host.get();
+        let overlaps = |a: u64, b: u64| a < b && start < b && a < start + cs;
+        let what = if start < cs {
+            Some("the header")
+        } else if overlaps(h.l1_table_offset.get(), l1_end) {
+            Some("the L1 table")
+        } else if overlaps(rt.offset.get(), rt_end) {
+            Some("the refcount table")
+        } else {
+            None
+        };
+        match what {
+            None => Ok(()),
+            Some(what) => Err(ImageError::Corrupt {
+                offset: start,
+                reason: format!("a data cluster at {start:#x} overlaps {what}; write refused"),
+            }),
+        }
+    }
+
     /// Queues dropping the references `mapping` holds.
     pub fn release_mapping(&mut self, mapping: ExtendedL2Mapping) -> Result<()> {
         match mapping {

@@ -57,6 +57,7 @@ impl Image {
     ) -> Result<Option<HostCluster>> {
         match mapping {
             ExtendedL2Mapping::Allocated { host, .. } => {
+                meta.check_data_target(host.offset)?;
                 if meta.is_private(&*self.storage, host.offset, host.copied)? {
                     Ok(Some(host))
                 } else {

@@ -87,3 +87,36 @@ fn out_of_bounds_and_read_only_are_refused() {
         Err(qcow2_image::ImageError::ReadOnly { .. })
     ));
 }
+
+#[test]
+fn a_data_entry_pointing_at_metadata_refuses_the_write() {
+    let mut options = CreateOptions::new(1 << 20);
+    options.cluster_size = 4096;
+    let (storage, image) = create(&options);
+    image.write_at(&[7u8; 4096], 0).unwrap();
+    image.close().unwrap();
+    // Point guest cluster 0 at the L1 table (COPIED set, as a hostile image could).
+    let mut bytes = storage.to_vec();
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    let l2 = (u64::from_be_bytes(bytes[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00)
+        as usize;
+    bytes[l2..l2 + 8].copy_from_slice(&((l1 as u64) | (1 << 63)).to_be_bytes());
+    let hostile: Arc<dyn Storage> = Arc::new(MemoryStorage::from_bytes(bytes.clone()));
+    let image = Image::open(
+        hostile.clone(),
+        OpenOptions {
+            writable: true,
+            backing: BackingMode::Ignore,
+        },
+    )
+    .unwrap();
+    let err = image.write_at(&[1u8; 16], 0).unwrap_err();
+    assert!(
+        matches!(err, qcow2_image::ImageError::Corrupt { .. }),
+        "{err}"
+    );
+    drop(image);
+    let mut after = vec![0u8; 8];
+    hostile.read_at(&mut after, l1 as u64).unwrap();
+    assert_eq!(&after, &bytes[l1..l1 + 8], "the L1 table is untouched");
+}

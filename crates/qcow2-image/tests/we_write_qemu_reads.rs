@@ -155,3 +155,62 @@ fn random_writes_are_clean_and_readable_by_qemu() {
         assert!(buf == model, "config {n}: we read other data than we wrote");
     }
 }
+
+#[test]
+fn partial_writes_over_a_backing_file_copy_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let base = p("base.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "8M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x77 0 8M",
+            base.to_str().unwrap(),
+        ],
+    );
+    for extended in [false, true] {
+        let top = p(&format!("top-{extended}.qcow2"));
+        let mut o = CreateOptions::new(8 << 20);
+        o.extended_l2 = extended;
+        o.backing_file = Some("base.qcow2".into());
+        o.backing_format = Some("qcow2".into());
+        let image = Image::create_path(&top, &o).unwrap();
+        // Unaligned writes inside clusters and subclusters, one spanning two
+        // clusters, and a zero write that must hide the backing data.
+        image.write_at(&[0x01; 100], 1000).unwrap();
+        image.write_at(&[0x02; 70_000], 130_000).unwrap();
+        image.write_zeroes(1 << 20, 65536, false).unwrap();
+        image.write_zeroes((2 << 20) + 512, 1024, false).unwrap();
+        image.close().unwrap();
+        assert_qemu_check_clean(&top);
+        let mut model = vec![0x77u8; 8 << 20];
+        model[1000..1100].fill(0x01);
+        model[130_000..200_000].fill(0x02);
+        model[1 << 20..(1 << 20) + 65536].fill(0);
+        model[(2 << 20) + 512..(2 << 20) + 1536].fill(0);
+        let raw = p("top.raw");
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-O",
+                "raw",
+                top.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ],
+        );
+        let got = std::fs::read(&raw).unwrap();
+        let diff = got.iter().zip(&model).position(|(a, b)| a != b);
+        assert!(
+            diff.is_none(),
+            "extended={extended}: first difference at {diff:?}"
+        );
+    }
+}
