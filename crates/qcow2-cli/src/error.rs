@@ -39,4 +39,39 @@ pub enum CliError {
     /// Writing the output failed (other than a closed pipe, which ends quietly).
     #[error("could not write output: {0}")]
     Output(#[source] io::Error),
+    /// The image engine refused or failed an operation on a file.
+    #[error("'{}': {source}", path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The engine's reason.
+        source: qcow2_image::ImageError,
+    },
+    /// A command-line argument or option value is invalid.
+    #[error("{0}")]
+    Usage(String),
+    /// The result cannot be shown in the requested output form.
+    #[error("{0}")]
+    Unrepresentable(&'static str),
+    /// The option or feature is recognised but not implemented yet.
+    #[error("{0} is not supported yet")]
+    NotYet(&'static str),
+}
+
+impl CliError {
+    /// Wraps an engine error about `path`.
+    pub fn image(path: &std::path::Path, source: qcow2_image::ImageError) -> Self {
+        Self::Image {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Wraps an I/O error about `path`.
+    pub fn io(path: &std::path::Path, source: io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }

@@ -3,10 +3,20 @@
 
 mod backing;
 mod bitmap_directory;
+mod check;
+mod compare;
+mod convert;
+mod create;
+mod disk;
 mod error;
 mod image_file;
 mod info;
+mod io;
+mod map;
+mod progress;
+mod resize;
 mod size;
+mod size_arg;
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
@@ -15,7 +25,7 @@ use clap::{Parser, Subcommand};
 
 use error::CliError;
 
-/// Inspect qcow2 disk images.
+/// Create, inspect, check, map, compare, convert, resize and poke qcow2 disk images.
 ///
 /// Output and JSON keys follow `qemu-img`, so scripts written for it work with `qcow2`.
 #[derive(Debug, Parser)]
@@ -28,15 +38,30 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Info(info::InfoArgs),
+    Check(check::CheckArgs),
+    Create(create::CreateArgs),
+    Map(map::MapArgs),
+    Convert(convert::ConvertArgs),
+    Io(io::IoArgs),
+    Compare(compare::CompareArgs),
+    Resize(resize::ResizeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Each command returns its exit status; `check` has several (qemu-img's).
     let result = match &cli.command {
-        Command::Info(args) => info::run(args),
+        Command::Info(args) => info::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => check::run(args),
+        Command::Create(args) => create::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Map(args) => map::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Io(args) => io::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Resize(args) => resize::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // A reader that stops early (`| head`) is not an error.
         Err(CliError::Output(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
