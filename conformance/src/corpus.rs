@@ -11,6 +11,8 @@ pub enum Origin {
     Qemu,
     /// Built byte by byte by this crate (seed extensions).
     Built,
+    /// Written by this workspace's own writer (`qcow2-image`).
+    Writer,
 }
 
 /// One named image held in memory.

@@ -2,6 +2,7 @@
 
 use qcow2_format::{Assessment, FormatError, HeaderArea, RuleId};
 
+use crate::engine_check::{self, EngineVerdict};
 use crate::walk;
 
 /// The highest level of a registered compress format, `None` for an unknown name.
@@ -22,6 +23,8 @@ pub struct Evaluation {
     pub table_findings: Vec<FormatError>,
     /// Whether serializing the parsed header area gives back the same bytes.
     pub roundtrip: Result<(), String>,
+    /// What the engine (refcount check, compressed cluster decoding) found.
+    pub engine: EngineVerdict,
 }
 
 impl Evaluation {
@@ -33,6 +36,7 @@ impl Evaluation {
             rules.extend(a.read_only);
         }
         rules.extend(self.table_findings.iter().map(|e| e.rule));
+        rules.extend(self.engine.findings.iter().map(|f| f.rule));
         rules.sort();
         rules.dedup();
         rules
@@ -44,11 +48,18 @@ impl Evaluation {
             Some(e) => format!("refused: {e}"),
             None => {
                 let rules: Vec<String> = self.triggered().iter().map(|r| r.to_string()).collect();
-                if rules.is_empty() {
+                let mut text = if rules.is_empty() {
                     "accepted, nothing reported".to_string()
                 } else {
                     format!("accepted, reported {}", rules.join(", "))
+                };
+                for f in self.engine.findings.iter().take(3) {
+                    text.push_str(&format!(" [{}: {}]", f.rule, f.message));
                 }
+                if let Some(e) = &self.engine.error {
+                    text.push_str(&format!(" [{e}]"));
+                }
+                text
             }
         }
     }
@@ -66,6 +77,7 @@ pub fn evaluate(bytes: &[u8]) -> Evaluation {
     if eval.fatal.is_none() {
         if let Some(a) = &eval.assessment {
             eval.table_findings = walk::walk(bytes, &area, a);
+            eval.engine = engine_check::judge(bytes, &area);
         }
     }
     eval
@@ -79,6 +91,7 @@ pub fn evaluate_area(area: &HeaderArea) -> Evaluation {
             assessment: Some(a),
             table_findings: Vec::new(),
             roundtrip: Ok(()),
+            engine: EngineVerdict::default(),
         },
         Err(e) => refused(e),
     }
@@ -90,6 +103,7 @@ fn refused(e: FormatError) -> Evaluation {
         assessment: None,
         table_findings: Vec::new(),
         roundtrip: Ok(()),
+        engine: EngineVerdict::default(),
     }
 }
 

@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod corpus;
+pub mod engine_check;
+pub mod engine_images;
 pub mod evaluate;
 pub mod mutate;
 pub mod negatives;

@@ -51,3 +51,78 @@ pub fn append_cluster_aligned(bytes: &mut Vec<u8>, cluster_size: u64, data: &[u8
     bytes.resize(padded as usize, 0);
     at
 }
+
+/// Where the refcount of `cluster` is stored: (byte offset of its first byte, bit shift, width).
+fn refcount_slot(bytes: &[u8], cluster: u64) -> Result<(usize, u32, u32), String> {
+    let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    let h = &area.header;
+    let cs = 1u64 << h.cluster_bits;
+    let width = 1u32 << h.refcount_order;
+    let per_block = cs * 8 / u64::from(width);
+    let entry_at = h.refcount_table_offset.get() + cluster / per_block * 8;
+    let entries = u64::from(h.refcount_table_clusters) * cs / 8;
+    if cluster / per_block >= entries || entry_at as usize + 8 > bytes.len() {
+        return Err(format!("no refcount table entry covers cluster {cluster}"));
+    }
+    let block = get_u64(bytes, entry_at as usize) & !0x1ff;
+    if block == 0 || block + cs > bytes.len() as u64 {
+        return Err(format!(
+            "no refcount block in the file covers cluster {cluster}"
+        ));
+    }
+    let bit = cluster % per_block * u64::from(width);
+    Ok(((block + bit / 8) as usize, (bit % 8) as u32, width))
+}
+
+/// The stored refcount of host cluster `cluster`.
+pub fn get_refcount(bytes: &[u8], cluster: u64) -> Result<u64, String> {
+    let (at, shift, width) = refcount_slot(bytes, cluster)?;
+    if width < 8 {
+        return Ok(u64::from(bytes[at] >> shift) & ((1 << width) - 1));
+    }
+    Ok(bytes[at..at + (width / 8) as usize]
+        .iter()
+        .fold(0, |acc, &b| acc << 8 | u64::from(b)))
+}
+
+/// Stores `value` as the refcount of host cluster `cluster` (the block covering it must exist).
+pub fn set_refcount(bytes: &mut [u8], cluster: u64, value: u64) -> Result<(), String> {
+    let (at, shift, width) = refcount_slot(bytes, cluster)?;
+    if width < 64 && value >> width != 0 {
+        return Err(format!("refcount {value} does not fit in {width} bits"));
+    }
+    if width < 8 {
+        let mask = ((1u8 << width) - 1) << shift;
+        bytes[at] = (bytes[at] & !mask) | ((value as u8) << shift);
+    } else {
+        let n = (width / 8) as usize;
+        bytes[at..at + n].copy_from_slice(&value.to_be_bytes()[8 - n..]);
+    }
+    Ok(())
+}
+
+/// Adds `delta` (which may be negative) to the refcount of the cluster holding byte `offset`.
+pub fn adjust_refcount(bytes: &mut [u8], offset: u64, delta: i64) -> Result<(), String> {
+    let cs = 1u64
+        << HeaderArea::parse(bytes)
+            .map_err(|e| e.to_string())?
+            .header
+            .cluster_bits;
+    let cluster = offset / cs;
+    let now = get_refcount(bytes, cluster)?;
+    let new = now
+        .checked_add_signed(delta)
+        .ok_or_else(|| format!("refcount of cluster {cluster} would leave the range"))?;
+    set_refcount(bytes, cluster, new)
+}
+
+/// Like [`append_cluster_aligned`], and gives every appended cluster a refcount of 1,
+/// so the image stays refcount-consistent.
+pub fn append_counted(bytes: &mut Vec<u8>, cluster_size: u64, data: &[u8]) -> Result<u64, String> {
+    let at = append_cluster_aligned(bytes, cluster_size, data);
+    let clusters = (data.len() as u64).div_ceil(cluster_size).max(1);
+    for k in 0..clusters {
+        set_refcount(bytes, at / cluster_size + k, 1)?;
+    }
+    Ok(at)
+}

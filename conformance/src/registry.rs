@@ -85,6 +85,12 @@ fn has_compressed_clusters(b: &[u8], a: &HeaderArea) -> bool {
 fn has_snapshots(_: &[u8], a: &HeaderArea) -> bool {
     a.header.nb_snapshots > 0
 }
+fn clean(_: &[u8], a: &HeaderArea) -> bool {
+    a.header.incompatible_features & feat::INCOMPAT_DIRTY == 0
+}
+fn has_l2_tables_clean(b: &[u8], a: &HeaderArea) -> bool {
+    clean(b, a) && has_l2_tables(b, a)
+}
 fn small_clusters(_: &[u8], a: &HeaderArea) -> bool {
     a.header.cluster_bits <= 12
 }
@@ -151,12 +157,17 @@ pub fn all() -> Vec<RuleEntry> {
         (DD_L2_LAYOUT, has_dedup_entries),
         (DD_ENTRY, has_dedup_entries),
         (L1_ENTRY, has_l2_tables),
+        (L1_COPIED, has_l2_tables_clean),
         (L2_ENTRY, has_l2_tables),
         (L2_ZERO_FLAG, has_l2_tables_v2),
         (L2_EXTENDED, has_l2_tables_extended),
+        (L2_COPIED, has_l2_tables_clean),
         (CMP_DESCRIPTOR, has_compressed_clusters),
+        (CMP_DECODE, has_compressed_clusters),
         (RC_TABLE_ENTRY, any),
         (RC_BLOCK, any),
+        (RC_MATCH, clean),
+        (RC_OVERLAP, clean),
         (SNAP_ENTRY, has_snapshots),
     ];
     table

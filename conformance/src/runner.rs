@@ -58,10 +58,13 @@ impl SuiteReport {
 /// Runs the suite against the repository's golden corpus and `docs/spec.md`.
 pub fn run() -> SuiteReport {
     let mut errors = Vec::new();
-    let images = corpus::load().unwrap_or_else(|e| {
+    let mut images = corpus::load().unwrap_or_else(|e| {
         errors.push(e);
         Vec::new()
     });
+    let (written, writer_errors) = crate::engine_images::build_all();
+    images.extend(written);
+    errors.extend(writer_errors);
     match crate::spec_doc::load() {
         Ok(spec) => errors.extend(compare_ids(&spec)),
         Err(e) => errors.push(e),
@@ -137,6 +140,11 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
                 report.positive_total += 1;
                 let triggered = eval.triggered().contains(&entry.id);
                 match (&eval.fatal, triggered, &eval.roundtrip) {
+                    (_, _, Ok(())) if eval.engine.error.is_some() => {
+                        report
+                            .failures
+                            .push(format!("positive {}: {}", img.name, eval.describe()))
+                    }
                     (None, false, Ok(())) => report.positive_passed += 1,
                     (_, _, Err(e)) => report.failures.push(format!("positive {}: {e}", img.name)),
                     _ => {

@@ -8,7 +8,7 @@ use qcow2_format::{GuestOffset, HeaderArea, HostOffset};
 use sha2::{Digest, Sha256};
 
 use crate::corpus::{Origin, TestImage};
-use crate::mutate::{append_cluster_aligned, edit_area};
+use crate::mutate::{adjust_refcount, append_counted, edit_area, get_u64, put_u64};
 
 /// Codec/level pairs of the compress format images: defaults and explicit levels.
 pub const COMPRESS_FORMATS: &[(&str, u8)] = &[
@@ -83,11 +83,11 @@ pub fn with_dedup(bytes: &[u8], bit1: bool) -> Result<Vec<u8>, String> {
     let mut entries = vec![None; (index.l2 + 1) as usize];
     entries[index.l2 as usize] = Some(entry);
     let l2 = dedup_table::encode_l2_cluster(&entries, geo).map_err(|e| e.to_string())?;
-    let l2_at = append_cluster_aligned(&mut out, cs, &l2);
+    let l2_at = append_counted(&mut out, cs, &l2)?;
     let mut l1 = vec![None; (index.l1 + 1) as usize];
     l1[index.l1 as usize] = Some(HostOffset(l2_at));
     let l1_bytes = dedup_table::encode_l1_table(&l1, geo).map_err(|e| e.to_string())?;
-    let l1_at = append_cluster_aligned(&mut out, cs, &l1_bytes);
+    let l1_at = append_counted(&mut out, cs, &l1_bytes)?;
     let l1_size = u32::try_from(l1.len()).map_err(|e| e.to_string())?;
     edit_area(&out, |a| {
         if bit1 {
@@ -103,16 +103,52 @@ pub fn with_dedup(bytes: &[u8], bit1: bool) -> Result<Vec<u8>, String> {
     })
 }
 
-/// Adds a snapshot table with one version 3 snapshot sharing the active L1 table.
+/// Adds a snapshot table with one version 3 snapshot of the active image.
 ///
+/// The snapshot gets its own copy of the L1 table and shares the L2 tables
+/// and data clusters, whose refcounts go up by one and whose COPIED flags
+/// are cleared, as `qemu-img snapshot -c` does (standard L2 entries only).
 /// `qemu-img snapshot` stamps the wall clock into the table, so a qemu-made
 /// snapshot image would differ on every regeneration; this one is fixed.
 pub fn with_snapshot(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use qcow2_format::tables::l1::{L1_COPIED, L1_OFFSET_MASK};
+    use qcow2_format::tables::l2::{L2_COMPRESSED, L2_OFFSET_MASK};
     use qcow2_format::tables::snapshot::{self, SnapshotContext, SnapshotEntry};
     let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
     let geo = area.header.geometry().map_err(|e| e.to_string())?;
+    let cs = geo.cluster_size();
+    let mut out = bytes.to_vec();
+    let l1_at = area.header.l1_table_offset.get() as usize;
+    for k in 0..area.header.l1_size as usize {
+        let at = l1_at + 8 * k;
+        let raw = get_u64(&out, at);
+        let l2 = raw & L1_OFFSET_MASK;
+        if l2 == 0 {
+            continue;
+        }
+        put_u64(&mut out, at, raw & !L1_COPIED);
+        adjust_refcount(&mut out, l2, 1)?;
+        for i in 0..(cs / 8) as usize {
+            let e_at = l2 as usize + 8 * i;
+            let e = get_u64(&out, e_at);
+            if e & L2_COMPRESSED != 0 {
+                return Err("the snapshot base has compressed clusters".into());
+            }
+            if e & L2_OFFSET_MASK != 0 {
+                put_u64(&mut out, e_at, e & !L1_COPIED);
+                adjust_refcount(&mut out, e & L2_OFFSET_MASK, 1)?;
+            }
+        }
+    }
+    let l1_len = area.header.l1_size as usize * 8;
+    let l1_copy = out[l1_at..l1_at + l1_len].to_vec();
+    let snapshot_l1 = if l1_len == 0 {
+        area.header.l1_table_offset
+    } else {
+        HostOffset(append_counted(&mut out, cs, &l1_copy)?)
+    };
     let entry = SnapshotEntry {
-        l1_table_offset: area.header.l1_table_offset,
+        l1_table_offset: snapshot_l1,
         l1_size: area.header.l1_size,
         date_sec: 1_700_000_000,
         date_nsec: 0,
@@ -127,8 +163,7 @@ pub fn with_snapshot(bytes: &[u8]) -> Result<Vec<u8>, String> {
         version: area.header.version,
     };
     let table = snapshot::encode_table(&[entry], &ctx).map_err(|e| e.to_string())?;
-    let mut out = bytes.to_vec();
-    let at = append_cluster_aligned(&mut out, geo.cluster_size(), &table);
+    let at = append_counted(&mut out, cs, &table)?;
     edit_area(&out, |a| {
         a.header.nb_snapshots = 1;
         a.header.snapshots_offset = HostOffset(at);

@@ -115,11 +115,18 @@ fn walk_refcounts(bytes: &[u8], area: &HeaderArea, a: &Assessment) -> Result<(),
         let Some(block_at) = entry.block else {
             continue;
         };
+        // A block starting past the end of the file is a bad table entry; one
+        // cut short by the end of the file is a bad block.
+        let rule = if block_at.get() >= bytes.len() as u64 {
+            rules::RC_TABLE_ENTRY
+        } else {
+            rules::RC_BLOCK
+        };
         let buf = slice(
             bytes,
             block_at.get(),
             geo.cluster_size(),
-            rules::RC_TABLE_ENTRY,
+            rule,
             "refcount block",
         )?;
         let block = RefcountBlock::for_cluster(buf, order, geo, block_at.get())?;
@@ -130,7 +137,7 @@ fn walk_refcounts(bytes: &[u8], area: &HeaderArea, a: &Assessment) -> Result<(),
     let first = table.first().and_then(|e| e.block);
     if refcount0 == 0 {
         return Err(FormatError::new(
-            rules::RC_BLOCK,
+            rules::RC_MATCH,
             first.map_or(rt_at, |b| b.get()),
             ErrorKind::Malformed {
                 field: "refcount of cluster 0",

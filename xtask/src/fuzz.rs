@@ -7,7 +7,13 @@
 use std::path::Path;
 use std::process::Command;
 
-const TARGETS: &[&str] = &["header", "codec_zlib", "codec_zstd", "codec_brotli"];
+const TARGETS: &[&str] = &[
+    "header",
+    "codec_zlib",
+    "codec_zstd",
+    "codec_brotli",
+    "image_read",
+];
 
 fn available(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -17,6 +23,18 @@ fn available(program: &str, args: &[&str]) -> bool {
 }
 
 /// Runs the fuzz smoke.
+/// The working corpus plus committed seeds (small valid images), when a
+/// target has some: random bytes rarely make a qcow2 image.
+fn seed_dirs(fuzz_dir: &Path, target: &str) -> Vec<String> {
+    let seeds = fuzz_dir.join("seeds").join(target);
+    if !seeds.is_dir() {
+        return Vec::new();
+    }
+    let corpus = fuzz_dir.join("corpus").join(target);
+    let _ = std::fs::create_dir_all(&corpus);
+    vec![corpus.display().to_string(), seeds.display().to_string()]
+}
+
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let seconds: u32 = match args {
         [] => 20,
@@ -35,7 +53,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     for target in TARGETS {
         println!("fuzz: {target} for {seconds} s");
         let status = Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target, "--"])
+            .args(["+nightly", "fuzz", "run", target])
+            .args(seed_dirs(&fuzz_dir, target))
+            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .args([
                 "-rss_limit_mb=2048",

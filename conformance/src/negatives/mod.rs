@@ -1,5 +1,6 @@
 //! Negative cases: each takes an image of the corpus and breaks exactly one rule.
 
+mod engine;
 mod extensions;
 mod header;
 mod seeds;
@@ -39,6 +40,7 @@ pub fn all() -> Vec<NegativeCase> {
     cases.extend(extensions::cases());
     cases.extend(seeds::cases());
     cases.extend(tables::cases());
+    cases.extend(engine::cases());
     cases
 }
 

@@ -154,6 +154,9 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             let mut b = dedup(i)?;
             let (l1, l2) = dedup_tables(&b)?;
             put_u64(&mut b, l1, l2 as u64 + 512);
+            // Nothing names the level-2 cluster any more: free it, so that
+            // only the entry itself is wrong.
+            crate::mutate::adjust_refcount(&mut b, l2 as u64, -1)?;
             Ok(CaseInput::Bytes(b))
         }),
         case(DD_L2_LAYOUT, "non-zero byte in the dedup L2 tail", |i| {

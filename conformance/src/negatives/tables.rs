@@ -1,6 +1,7 @@
 //! Negative cases of the tables: L1/L2 entries, compressed descriptors, refcounts, snapshots.
 //!
 //! Each appends a crafted table to a golden image and links it from the header or L1 table.
+//! Appended clusters get a refcount of 1, so the only rule broken is the one the case names.
 
 use qcow2_format::features::INCOMPAT_EXTENDED_L2;
 use qcow2_format::rules::*;
@@ -9,7 +10,7 @@ use qcow2_format::tables::l1::L1_COPIED;
 use qcow2_format::HeaderArea;
 
 use super::{case, pick, plain, CaseInput, NegativeCase};
-use crate::mutate::{append_cluster_aligned, edit_area, get_u64, put_u32, put_u64};
+use crate::mutate::{append_counted, edit_area, get_u64, put_u32, put_u64};
 
 /// Appends one L2 table holding `entries` (raw u64 words, in order) and points L1 entry 0 at it.
 fn with_l2(mut bytes: Vec<u8>, entries: &[u64]) -> Result<Vec<u8>, String> {
@@ -19,7 +20,7 @@ fn with_l2(mut bytes: Vec<u8>, entries: &[u64]) -> Result<Vec<u8>, String> {
     for (k, e) in entries.iter().enumerate() {
         put_u64(&mut table, 8 * k, *e);
     }
-    let l2_at = append_cluster_aligned(&mut bytes, cs, &table);
+    let l2_at = append_counted(&mut bytes, cs, &table)?;
     if a.header.l1_size == 0 {
         return Err("base image has no L1 entries".into());
     }
@@ -31,9 +32,15 @@ fn with_l2(mut bytes: Vec<u8>, entries: &[u64]) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// A cluster-aligned host offset for crafted data entries (the walk does not read data clusters).
-fn data_cluster(_bytes: &[u8]) -> u64 {
-    0x50000
+/// Appends `n` data clusters (refcount 1 each) for crafted data entries; returns the first offset.
+fn data_clusters(bytes: &mut Vec<u8>, n: usize) -> Result<u64, String> {
+    let cs = header_field(bytes, |a| 1 << a.header.cluster_bits)?;
+    append_counted(bytes, cs, &vec![0x5a; n * cs as usize])
+}
+
+/// Appends one data cluster (refcount 1) for crafted data entries; returns its offset.
+fn data_cluster(bytes: &mut Vec<u8>) -> Result<u64, String> {
+    data_clusters(bytes, 1)
 }
 
 fn header_field(bytes: &[u8], f: impl Fn(&HeaderArea) -> u64) -> Result<u64, String> {
@@ -50,7 +57,10 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             |i| {
                 let mut b = plain(i)?;
                 let l1 = header_field(&b, |a| a.header.l1_table_offset.get())?;
-                put_u64(&mut b, l1 as usize, 0x10200 | L1_COPIED);
+                // Two counted clusters, so the misplaced table's references stay in them.
+                let cs = header_field(&b, |a| 1 << a.header.cluster_bits)?;
+                let l2 = append_counted(&mut b, cs, &vec![0; 2 * cs as usize])?;
+                put_u64(&mut b, l1 as usize, (l2 + 512) | L1_COPIED);
                 Ok(CaseInput::Bytes(b))
             },
         ),
@@ -63,14 +73,15 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             Ok(CaseInput::Bytes(b))
         }),
         case(L2_ENTRY, "L2 entry with an unaligned host offset", |i| {
-            let b = plain(i)?;
-            let host = data_cluster(&b) + 512;
+            let mut b = plain(i)?;
+            // The misaligned cluster reaches into the next one: count both.
+            let host = data_clusters(&mut b, 2)? + 512;
             with_l2(b, &[host | L1_COPIED]).map(CaseInput::Bytes)
         }),
         case(L2_ENTRY, "L2 entry with reserved bit 57", |i| {
-            let b = plain(i)?;
-            let host = data_cluster(&b);
-            with_l2(b, &[host | 1 << 57]).map(CaseInput::Bytes)
+            let mut b = plain(i)?;
+            let host = data_cluster(&mut b)?;
+            with_l2(b, &[host | L1_COPIED | 1 << 57]).map(CaseInput::Bytes)
         }),
         case(L2_ZERO_FLAG, "zero flag in a version 2 image", |i| {
             let b = pick(i, "a version 2 image", |a| {
@@ -79,10 +90,10 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             with_l2(b, &[1]).map(CaseInput::Bytes)
         }),
         case(L2_EXTENDED, "subcluster 0 both allocated and zero", |i| {
-            let b = pick(i, "an extended L2 image", |a| {
+            let mut b = pick(i, "an extended L2 image", |a| {
                 a.header.incompatible_features & INCOMPAT_EXTENDED_L2 != 0
             })?;
-            let host = data_cluster(&b);
+            let host = data_cluster(&mut b)?;
             with_l2(b, &[host | L1_COPIED, 1 | 1 << 32]).map(CaseInput::Bytes)
         }),
         case(
@@ -99,8 +110,8 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             CMP_DESCRIPTOR,
             "compressed descriptor with the COPIED flag",
             |i| {
-                let b = plain(i)?;
-                let host = data_cluster(&b) + 100;
+                let mut b = plain(i)?;
+                let host = data_cluster(&mut b)? + 100;
                 with_l2(b, &[COMPRESSED_FLAG | L1_COPIED | host]).map(CaseInput::Bytes)
             },
         ),
@@ -111,7 +122,7 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             put_u64(&mut b, rt, e + 512);
             Ok(CaseInput::Bytes(b))
         }),
-        case(RC_BLOCK, "refcount of the header cluster set to 0", |i| {
+        case(RC_MATCH, "refcount of the header cluster set to 0", |i| {
             let mut b = plain(i)?;
             let rt = header_field(&b, |a| a.header.refcount_table_offset.get())? as usize;
             let block = get_u64(&b, rt) as usize;
@@ -130,7 +141,7 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 entry.extend_from_slice(&[0; 8]);
                 entry.extend_from_slice(b"1a");
                 entry.resize(entry.len().div_ceil(8) * 8, 0);
-                let at = append_cluster_aligned(&mut b, 65536, &entry);
+                let at = append_counted(&mut b, 65536, &entry)?;
                 edit_area(&b, |a| {
                     a.header.nb_snapshots = 1;
                     a.header.snapshots_offset.0 = at;

@@ -207,7 +207,7 @@ fn flags(kind: ExtentKind) -> (bool, bool, bool, bool) {
     match kind {
         ExtentKind::Data { offset } => (true, true, false, offset.is_some()),
         ExtentKind::Compressed => (true, true, false, false),
-        ExtentKind::Zero => (true, false, true, false),
+        ExtentKind::Zero { offset } => (true, false, true, offset.is_some()),
         ExtentKind::Unallocated => (false, false, true, false),
     }
 }

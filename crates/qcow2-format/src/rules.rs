@@ -132,18 +132,28 @@ rules! {
     DD_ENTRY = "DD-ENTRY";
     /// L1 entries: reserved bits zero, L2 offset cluster aligned.
     L1_ENTRY = "L1-ENTRY";
+    /// Active L1 entries: COPIED is set exactly when the L2 table's refcount is 1.
+    L1_COPIED = "L1-COPIED";
     /// Standard L2 entries: reserved bits zero, host offset cluster aligned.
     L2_ENTRY = "L2-ENTRY";
     /// The zero flag (bit 0) needs version 3.
     L2_ZERO_FLAG = "L2-ZERO-FLAG";
     /// Extended L2: no subcluster both allocated and zero; unallocated clusters have no alloc bits.
     L2_EXTENDED = "L2-EXTENDED";
+    /// Active L2 entries of allocated clusters: COPIED is set exactly when the refcount is 1.
+    L2_COPIED = "L2-COPIED";
     /// Compressed descriptors: the offset/size split by cluster_bits; no COPIED flag.
     CMP_DESCRIPTOR = "CMP-DESCRIPTOR";
+    /// Each compressed cluster decodes to exactly one cluster with the image's codec.
+    CMP_DECODE = "CMP-DECODE";
     /// Refcount table entries: reserved bits zero, block offset cluster aligned.
     RC_TABLE_ENTRY = "RC-TABLE-ENTRY";
     /// Refcount blocks pack 2^refcount_order-bit big-endian entries.
     RC_BLOCK = "RC-BLOCK";
+    /// Every host cluster's stored refcount equals the number of references to it.
+    RC_MATCH = "RC-MATCH";
+    /// No host cluster serves two different structures (or metadata and guest data).
+    RC_OVERLAP = "RC-OVERLAP";
     /// Snapshot table entries: bounded lengths, aligned L1, v3 extra data of at least 16 bytes.
     SNAP_ENTRY = "SNAP-ENTRY";
 }

@@ -18,8 +18,9 @@ pub trait BackingSource: Send + Sync + std::fmt::Debug {
     fn size(&self) -> u64;
 
     /// Status of `[offset, offset + len)` with depths relative to this
-    /// source. The default says "data at the same offset", as for a raw file;
-    /// past the end it says unallocated.
+    /// source, clipped to [`BackingSource::size`] (the caller decides what
+    /// lies beyond). The default says "data at the same offset", as for a
+    /// raw file.
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let mut out = Vec::new();
         let inside = self.size().saturating_sub(offset).min(len);
@@ -31,14 +32,6 @@ pub trait BackingSource: Send + Sync + std::fmt::Debug {
                 kind: ExtentKind::Data {
                     offset: Some(offset),
                 },
-            });
-        }
-        if inside < len {
-            out.push(Extent {
-                start: offset + inside,
-                length: len - inside,
-                depth: 1,
-                kind: ExtentKind::Unallocated,
             });
         }
         Ok(out)

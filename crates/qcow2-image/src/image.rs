@@ -349,16 +349,7 @@ impl BackingSource for Image {
 
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<crate::status::Extent>> {
         let inside = Image::size(self).saturating_sub(offset).min(len);
-        let mut out = Image::block_status(self, offset, inside)?;
-        if inside < len {
-            out.push(crate::status::Extent {
-                start: offset + inside,
-                length: len - inside,
-                depth: 1,
-                kind: crate::status::ExtentKind::Unallocated,
-            });
-        }
-        Ok(out)
+        Image::block_status(self, offset, inside)
     }
 }
 

@@ -16,6 +16,8 @@ use crate::meta::Meta;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
     Zero,
+    /// Zeros, with a host cluster kept allocated at this offset.
+    ZeroAt(u64),
     /// The backing image at this guest offset (zeros without one).
     Backing(u64),
     /// The image file at this host offset.
@@ -45,6 +47,7 @@ fn push(plan: &mut Vec<Piece>, len: u64, source: Source) {
     if let Some(last) = plan.last_mut() {
         let merged = match (last.source, source) {
             (Source::Zero, Source::Zero) => true,
+            (Source::ZeroAt(a), Source::ZeroAt(b)) => a + last.len == b,
             (Source::Backing(a), Source::Backing(b)) => a + last.len == b,
             (Source::Data(a), Source::Data(b)) => a + last.len == b,
             _ => false,
@@ -98,6 +101,9 @@ pub(crate) fn run_source(
     let len = u64::from(end) * us - within;
     let source = match (k, mapping) {
         (0, ExtendedL2Mapping::Allocated { host, .. }) => Source::Data(host.offset.get() + within),
+        (1, ExtendedL2Mapping::Allocated { host, .. }) => {
+            Source::ZeroAt(host.offset.get() + within)
+        }
         (1, _) => Source::Zero,
         _ => Source::Backing(cluster_start + within),
     };
@@ -137,7 +143,7 @@ pub(crate) fn execute(plan: &[Piece], buf: &mut [u8], readers: &Readers<'_>) -> 
     for piece in plan {
         let out = &mut buf[at..at + piece.len as usize];
         match piece.source {
-            Source::Zero => out.fill(0),
+            Source::Zero | Source::ZeroAt(_) => out.fill(0),
             Source::Backing(guest) => match readers.backing {
                 Some(backing) => backing.read_at(out, guest)?,
                 None => out.fill(0),

@@ -19,7 +19,10 @@ pub enum ExtentKind {
     /// Compressed data (no plain host offset).
     Compressed,
     /// Reads as zeros, recorded as such in the image at `depth`.
-    Zero,
+    Zero {
+        /// The host cluster kept allocated for it, if any.
+        offset: Option<u64>,
+    },
     /// Not allocated anywhere in the chain: reads as zeros.
     Unallocated,
 }
@@ -46,7 +49,8 @@ pub(crate) fn push_extent(out: &mut Vec<Extent>, extent: Extent) {
         let continues = last.depth == extent.depth
             && last.start + last.length == extent.start
             && match (last.kind, extent.kind) {
-                (ExtentKind::Data { offset: Some(a) }, ExtentKind::Data { offset: Some(b) }) => {
+                (ExtentKind::Data { offset: Some(a) }, ExtentKind::Data { offset: Some(b) })
+                | (ExtentKind::Zero { offset: Some(a) }, ExtentKind::Zero { offset: Some(b) }) => {
                     a + last.length == b
                 }
                 (a, b) => a == b,
@@ -72,7 +76,8 @@ impl Image {
         let mut pos = offset;
         for piece in pieces {
             let kind = match piece.source {
-                Source::Zero => Some(ExtentKind::Zero),
+                Source::Zero => Some(ExtentKind::Zero { offset: None }),
+                Source::ZeroAt(host) => Some(ExtentKind::Zero { offset: Some(host) }),
                 Source::Data(host) => Some(ExtentKind::Data { offset: Some(host) }),
                 Source::Compressed { .. } => Some(ExtentKind::Compressed),
                 Source::Backing(_) => None,
@@ -88,12 +93,27 @@ impl Image {
                     },
                 ),
                 (None, Some(backing)) => {
+                    let mut covered = 0;
                     for e in backing.block_status(pos, piece.len)? {
+                        covered += e.length;
                         push_extent(
                             &mut out,
                             Extent {
                                 depth: e.depth + 1,
                                 ..e
+                            },
+                        );
+                    }
+                    // Past the end of a shorter backing file nothing is
+                    // allocated anywhere; QEMU reports it at depth 0.
+                    if covered < piece.len {
+                        push_extent(
+                            &mut out,
+                            Extent {
+                                start: pos + covered,
+                                length: piece.len - covered,
+                                depth: 0,
+                                kind: ExtentKind::Unallocated,
                             },
                         );
                     }

@@ -49,7 +49,11 @@ impl Entry {
                 compressed: true,
                 ..base
             },
-            ExtentKind::Zero => Entry { zero: true, ..base },
+            ExtentKind::Zero { offset } => Entry {
+                zero: true,
+                offset,
+                ..base
+            },
             ExtentKind::Unallocated => Entry {
                 present: false,
                 zero: true,

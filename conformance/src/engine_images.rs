@@ -1,0 +1,174 @@
+//! Positive cases written by our own writer: images created in memory with
+//! `qcow2-image` across cluster sizes, refcount widths, versions and extended
+//! L2, then changed by data writes, zero writes, discards and a resize.
+//!
+//! Every rule that applies to them must hold; an image here that breaks a
+//! rule is a writer bug, and the suite reports it with the image's name,
+//! which spells out the configuration.
+
+use std::sync::Arc;
+
+use qcow2_image::{BackingMode, CreateOptions, Image, Preallocation};
+use qcow2_io::{MemoryStorage, Storage};
+
+use crate::corpus::{Origin, TestImage};
+
+/// One writer configuration of the matrix.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Image version, 2 or 3.
+    pub version: u32,
+    /// Refcount width in bits.
+    pub refcount_bits: u32,
+    /// Extended L2 entries.
+    pub extended_l2: bool,
+    /// QEMU compression type (0 zlib, 1 zstd).
+    pub compression_type: u8,
+    /// Lazy refcounts (the image is closed cleanly, so the dirty bit must be clear).
+    pub lazy_refcounts: bool,
+    /// Metadata preallocation.
+    pub preallocation: Preallocation,
+}
+
+impl WriterConfig {
+    const fn new(cluster_size: u64, version: u32, refcount_bits: u32) -> Self {
+        Self {
+            cluster_size,
+            version,
+            refcount_bits,
+            extended_l2: false,
+            compression_type: 0,
+            lazy_refcounts: false,
+            preallocation: Preallocation::Off,
+        }
+    }
+
+    const fn extended(mut self) -> Self {
+        self.extended_l2 = true;
+        self
+    }
+
+    /// The image name: `engine-` followed by every setting that differs from the defaults.
+    pub fn name(&self) -> String {
+        let cs = match self.cluster_size {
+            n if n >= 1 << 20 => format!("{}m", n >> 20),
+            n if n >= 1 << 10 => format!("{}k", n >> 10),
+            n => n.to_string(),
+        };
+        let mut name = format!("engine-c{cs}-v{}-rb{}", self.version, self.refcount_bits);
+        if self.extended_l2 {
+            name.push_str("-extl2");
+        }
+        if self.compression_type == 1 {
+            name.push_str("-zstd");
+        }
+        if self.lazy_refcounts {
+            name.push_str("-lazy");
+        }
+        if self.preallocation == Preallocation::Metadata {
+            name.push_str("-prealloc");
+        }
+        name
+    }
+
+    /// The virtual size the workload starts from: 4 MiB, or 8 clusters when larger.
+    pub fn size(&self) -> u64 {
+        (4 << 20).max(8 * self.cluster_size)
+    }
+}
+
+/// The matrix: every cluster size class, refcount widths 1/16/64, both
+/// versions, extended L2 at its smallest and largest cluster sizes.
+pub fn configs() -> Vec<WriterConfig> {
+    let mut lazy = WriterConfig::new(65536, 3, 16);
+    lazy.lazy_refcounts = true;
+    let mut zstd = WriterConfig::new(65536, 3, 16);
+    zstd.compression_type = 1;
+    let mut prealloc = WriterConfig::new(4096, 3, 16);
+    prealloc.preallocation = Preallocation::Metadata;
+    vec![
+        WriterConfig::new(512, 3, 16),
+        WriterConfig::new(512, 2, 16),
+        WriterConfig::new(512, 3, 1),
+        WriterConfig::new(4096, 3, 1),
+        WriterConfig::new(4096, 3, 64),
+        WriterConfig::new(65536, 3, 16),
+        WriterConfig::new(65536, 2, 16),
+        WriterConfig::new(65536, 3, 1).extended(),
+        WriterConfig::new(16384, 3, 64).extended(),
+        WriterConfig::new(2 << 20, 3, 16),
+        WriterConfig::new(2 << 20, 3, 64).extended(),
+        lazy,
+        zstd,
+        prealloc,
+    ]
+}
+
+/// Deterministic, non-zero guest data.
+fn pattern(len: u64, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// Creates the image of `cfg` in memory, runs the workload and returns the file.
+pub fn build(cfg: &WriterConfig) -> Result<Vec<u8>, String> {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut options = CreateOptions::new(cfg.size());
+    options.cluster_size = cfg.cluster_size;
+    options.version = cfg.version;
+    options.refcount_bits = cfg.refcount_bits;
+    options.extended_l2 = cfg.extended_l2;
+    options.compression_type = cfg.compression_type;
+    options.lazy_refcounts = cfg.lazy_refcounts;
+    options.preallocation = cfg.preallocation;
+    let step = |what: &str, r: qcow2_image::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    let dyn_storage: Arc<dyn Storage> = storage.clone();
+    let image = Image::create(dyn_storage, &options, BackingMode::Ignore)
+        .map_err(|e| format!("create: {e}"))?;
+    let cs = cfg.cluster_size;
+    let size = cfg.size();
+    // Data across a cluster boundary, then a partial cluster in the middle.
+    step("write at 0", image.write_at(&pattern(cs + 1000, 1), 0))?;
+    step(
+        "partial write",
+        image.write_at(&pattern(3000, 2), size / 2 + 512),
+    )?;
+    // Two clusters of data, one zeroed in place and one zeroed with unmap.
+    step(
+        "write at 4 clusters",
+        image.write_at(&pattern(2 * cs, 3), 4 * cs),
+    )?;
+    step("zero keep", image.write_zeroes(4 * cs, cs, false))?;
+    step("zero unmap", image.write_zeroes(5 * cs, cs, true))?;
+    step("discard", image.discard(cs, cs))?;
+    step("small zero", image.write_zeroes(size / 2 + 100, 700, false))?;
+    // Growing may move the L1 table; then write into the new space.
+    step("resize", image.resize(2 * size))?;
+    step(
+        "write after resize",
+        image.write_at(&pattern(4096, 4), size + size / 2),
+    )?;
+    step("rewrite", image.write_at(&pattern(512, 5), 512))?;
+    step("close", image.close())?;
+    Ok(storage.to_vec())
+}
+
+/// Every image of the matrix, and an error line for each configuration the writer failed on.
+pub fn build_all() -> (Vec<TestImage>, Vec<String>) {
+    let mut images = Vec::new();
+    let mut errors = Vec::new();
+    for cfg in configs() {
+        match build(&cfg) {
+            Ok(bytes) => images.push(TestImage {
+                name: cfg.name(),
+                origin: Origin::Writer,
+                bytes,
+            }),
+            Err(e) => errors.push(format!("writer failed on {} ({cfg:?}): {e}", cfg.name())),
+        }
+    }
+    (images, errors)
+}
