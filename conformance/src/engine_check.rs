@@ -2,12 +2,10 @@
 //! bytes and decodes every compressed cluster with `qcow2-codec`, reporting
 //! each problem under the rule it breaks.
 //!
-//! The check tags refcount mismatches and role overlaps with `RC-BLOCK`, a
-//! refcount block that is also something else with `RC-TABLE-ENTRY`, and
-//! COPIED flag errors with `L1-ENTRY`/`L2-ENTRY`, from before those concepts
-//! had rules of their own; [`rules_of`] sorts them into `RC-MATCH`,
-//! `RC-OVERLAP`, `L1-COPIED` and `L2-COPIED` by the shape of the message.
-//! Every other finding keeps the rule the check gave it.
+//! Every check finding already names the precise rule it breaks (`RC-MATCH`
+//! for refcount mismatches, `RC-OVERLAP` for clusters in two roles,
+//! `L1-COPIED`/`L2-COPIED` for COPIED flag errors, ...); [`rule_of`] passes
+//! it through.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
@@ -42,40 +40,9 @@ pub struct EngineVerdict {
     pub error: Option<String>,
 }
 
-/// The rules a check finding breaks (none for findings without a rule).
-pub fn rules_of(finding: &Finding) -> Vec<RuleId> {
-    let Some(rule) = finding.rule else {
-        return Vec::new();
-    };
-    let m = finding.message.as_str();
-    if rule == rules::RC_BLOCK {
-        let mut out = Vec::new();
-        if m.contains(" refcount=") && m.contains(" reference=") {
-            out.push(rules::RC_MATCH);
-        }
-        if m.contains("(used as ") || m.contains("at the same time") {
-            out.push(rules::RC_OVERLAP);
-        }
-        if out.is_empty() {
-            out.push(rule);
-        }
-        return out;
-    }
-    if rule == rules::RC_TABLE_ENTRY
-        && m.contains("; it is also used as ")
-        && !m.contains("another refcount block")
-    {
-        return vec![rules::RC_OVERLAP];
-    }
-    if m.starts_with("OFLAG_COPIED") {
-        if rule == rules::L1_ENTRY {
-            return vec![rules::L1_COPIED];
-        }
-        if rule == rules::L2_ENTRY {
-            return vec![rules::L2_COPIED];
-        }
-    }
-    vec![rule]
+/// The rule a check finding breaks (none for findings without a rule).
+pub fn rule_of(finding: &Finding) -> Option<RuleId> {
+    finding.rule
 }
 
 /// Runs the engine's checks on a whole image file whose header area parsed
@@ -93,7 +60,7 @@ pub fn judge(bytes: &[u8], area: &HeaderArea) -> EngineVerdict {
     match check::check(&storage, &[&hook]) {
         Ok(report) => {
             for f in &report.findings {
-                for rule in rules_of(f) {
+                if let Some(rule) = rule_of(f) {
                     verdict.findings.push(EngineFinding {
                         rule,
                         message: f.to_string(),
@@ -232,53 +199,204 @@ fn decode_compressed(bytes: &[u8], area: &HeaderArea) -> Vec<EngineFinding> {
 
 #[cfg(test)]
 mod tests {
-    use qcow2_alloc::check::{Finding, FindingKind};
-    use qcow2_format::rules::{self, RuleId};
+    //! Each finding the check makes on a mutated golden image reaches the
+    //! verdict under the precise rule, with the check's own kind word.
 
-    fn finding(rule: RuleId, message: &str) -> Finding {
-        Finding {
-            kind: FindingKind::Corruption,
-            offset: None,
-            rule: Some(rule),
-            message: message.to_string(),
-            times: 1,
-        }
+    use qcow2_format::rules::{self, RuleId};
+    use qcow2_format::tables::l1::{L1_COPIED, L1_OFFSET_MASK};
+    use qcow2_format::tables::l2::{L2_COPIED, L2_OFFSET_MASK};
+    use qcow2_format::HeaderArea;
+
+    use super::{judge, EngineFinding};
+    use crate::corpus::{find, golden_dir, load_golden};
+    use crate::mutate::{adjust_refcount, append_counted, get_u64, put_u64, set_refcount};
+
+    const CS: u64 = 65536;
+
+    /// The golden data-v3 image: 64 KiB clusters, standard L2 entries.
+    fn data_v3() -> Vec<u8> {
+        let images = load_golden(&golden_dir()).unwrap();
+        find(&images, "data-v3").unwrap().bytes.clone()
+    }
+
+    fn area(b: &[u8]) -> HeaderArea {
+        HeaderArea::parse(b).unwrap()
+    }
+
+    fn l1_offset(b: &[u8]) -> u64 {
+        area(b).header.l1_table_offset.get()
+    }
+
+    /// Byte offset of the first active L1 entry naming an L2 table.
+    fn first_l1_entry(b: &[u8]) -> usize {
+        let h = area(b).header;
+        (0..h.l1_size as usize)
+            .map(|k| h.l1_table_offset.get() as usize + 8 * k)
+            .find(|&at| get_u64(b, at) & L1_OFFSET_MASK != 0)
+            .expect("data-v3 has an L2 table")
+    }
+
+    fn first_l2(b: &[u8]) -> usize {
+        (get_u64(b, first_l1_entry(b)) & L1_OFFSET_MASK) as usize
+    }
+
+    /// Byte offset of the first L2 entry mapping a data cluster.
+    fn first_data_entry(b: &[u8]) -> usize {
+        let l2 = first_l2(b);
+        (0..CS as usize / 8)
+            .map(|i| l2 + 8 * i)
+            .find(|&at| get_u64(b, at) & L2_OFFSET_MASK != 0)
+            .expect("data-v3 maps a data cluster")
+    }
+
+    /// Byte offset of the last unused L2 entry of the first table.
+    fn free_entry(b: &[u8]) -> usize {
+        let l2 = first_l2(b);
+        (0..CS as usize / 8)
+            .rev()
+            .map(|i| l2 + 8 * i)
+            .find(|&at| get_u64(b, at) == 0)
+            .expect("the first L2 table has a free entry")
+    }
+
+    /// The offset of the first refcount block.
+    fn first_refblock(b: &[u8]) -> u64 {
+        let rt = area(b).header.refcount_table_offset.get() as usize;
+        get_u64(b, rt) & !0x1ff
+    }
+
+    fn verdict(b: &[u8]) -> Vec<EngineFinding> {
+        let v = judge(b, &area(b));
+        assert_eq!(v.error, None);
+        v.findings
+    }
+
+    /// Asserts every finding carries `rule` and at least one starts with `start`.
+    #[track_caller]
+    fn all_under(findings: &[EngineFinding], rule: RuleId, start: &str) {
+        assert!(!findings.is_empty(), "nothing found");
+        assert!(findings.iter().all(|f| f.rule == rule), "{findings:#?}");
+        assert!(
+            findings.iter().any(|f| f.message.starts_with(start)),
+            "no finding starts with {start:?}: {findings:#?}"
+        );
     }
 
     #[test]
-    fn sorts_check_findings_into_rules() {
-        let cases = [
-            (rules::RC_BLOCK, "cluster 4 refcount=1 reference=0", vec![rules::RC_MATCH]),
-            (
-                rules::RC_BLOCK,
-                "cluster 5 refcount=1 reference=2 (used as an L2 table and a data cluster)",
-                vec![rules::RC_MATCH, rules::RC_OVERLAP],
+    fn the_untouched_image_is_clean() {
+        assert_eq!(verdict(&data_v3()), []);
+    }
+
+    #[test]
+    fn refcount_mismatches_carry_rc_match() {
+        // A leak: an appended cluster nothing references, with refcount 1.
+        let mut b = data_v3();
+        let at = append_counted(&mut b, CS, &[0; CS as usize]).unwrap();
+        let found = verdict(&b);
+        all_under(
+            &found,
+            rules::RC_MATCH,
+            &format!("Leaked cluster {} refcount=1 reference=0", at / CS),
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        // Too low: the active L1 table with refcount 0.
+        let mut b = data_v3();
+        let l1 = l1_offset(&b) / CS;
+        set_refcount(&mut b, l1, 0).unwrap();
+        all_under(
+            &verdict(&b),
+            rules::RC_MATCH,
+            &format!("ERROR cluster {l1} refcount=0 reference=1"),
+        );
+    }
+
+    #[test]
+    fn clusters_in_two_roles_carry_rc_overlap() {
+        // An L2 entry naming the L1 table, its refcount raised to match.
+        let mut b = data_v3();
+        let l1 = l1_offset(&b);
+        let at = free_entry(&b);
+        put_u64(&mut b, at, l1);
+        adjust_refcount(&mut b, l1, 1).unwrap();
+        all_under(
+            &verdict(&b),
+            rules::RC_OVERLAP,
+            &format!(
+                "ERROR cluster {} is used as an L1 table and a data cluster at the same time",
+                l1 / CS
             ),
-            (
-                rules::RC_BLOCK,
-                "cluster 3 is used as an L1 table and a data cluster at the same time",
-                vec![rules::RC_OVERLAP],
+        );
+        // The same without raising the refcount: one finding, counted once
+        // as qemu-img does, under the overlap rule.
+        let mut b = data_v3();
+        let at = free_entry(&b);
+        put_u64(&mut b, at, l1 | L2_COPIED);
+        let found = verdict(&b);
+        all_under(
+            &found,
+            rules::RC_OVERLAP,
+            &format!(
+                "ERROR cluster {} refcount=1 reference=2 (used as an L1 table and a data cluster)",
+                l1 / CS
             ),
-            (
-                rules::RC_TABLE_ENTRY,
-                "refcount block 0 at 0x400 is referenced 2 times; it is also used as a data cluster",
-                vec![rules::RC_OVERLAP],
-            ),
-            (
-                rules::RC_TABLE_ENTRY,
-                "refcount block 1 at 0x400 is referenced 2 times; it is also used as another refcount block",
-                vec![rules::RC_TABLE_ENTRY],
-            ),
-            (rules::L1_ENTRY, "OFLAG_COPIED L2 cluster: l1_index=0", vec![rules::L1_COPIED]),
-            (rules::L2_ENTRY, "OFLAG_COPIED data cluster: l2_entry=0x1", vec![rules::L2_COPIED]),
-            (rules::L2_ENTRY, "L2 entry 0x2 has reserved bits set", vec![rules::L2_ENTRY]),
-        ];
-        for (rule, message, expected) in cases {
-            assert_eq!(
-                super::rules_of(&finding(rule, message)),
-                expected,
-                "{message}"
-            );
-        }
+        );
+        assert_eq!(found.len(), 1, "{found:#?}");
+        // An L2 entry naming a refcount block.
+        let mut b = data_v3();
+        let block = first_refblock(&b);
+        let at = free_entry(&b);
+        put_u64(&mut b, at, block);
+        adjust_refcount(&mut b, block, 1).unwrap();
+        let found = verdict(&b);
+        all_under(
+            &found,
+            rules::RC_OVERLAP,
+            &format!("ERROR refcount block 0 at {block:#x} is referenced 2 times; it is also used as a data cluster"),
+        );
+    }
+
+    #[test]
+    fn a_refcount_block_named_twice_keeps_rc_table_entry() {
+        let mut b = data_v3();
+        let rt = area(&b).header.refcount_table_offset.get() as usize;
+        let block = first_refblock(&b);
+        assert_eq!(get_u64(&b, rt + 8), 0);
+        put_u64(&mut b, rt + 8, block);
+        let found = verdict(&b);
+        let expected = format!(
+            "ERROR refcount block 1 at {block:#x} is referenced 2 times; it is also used as another refcount block (offset {:#x}, RC-TABLE-ENTRY)",
+            rt + 8
+        );
+        assert!(
+            found
+                .iter()
+                .any(|f| f.rule == rules::RC_TABLE_ENTRY && f.message == expected),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().all(|f| f.rule != rules::RC_OVERLAP),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn copied_flag_errors_carry_l1_and_l2_copied() {
+        let mut b = data_v3();
+        let at = first_l1_entry(&b);
+        let e = get_u64(&b, at);
+        assert_ne!(e & L1_COPIED, 0);
+        put_u64(&mut b, at, e & !L1_COPIED);
+        let found = verdict(&b);
+        all_under(&found, rules::L1_COPIED, "ERROR OFLAG_COPIED L2 cluster");
+        assert_eq!(found.len(), 1, "{found:#?}");
+
+        let mut b = data_v3();
+        let at = first_data_entry(&b);
+        let e = get_u64(&b, at);
+        assert_ne!(e & L2_COPIED, 0);
+        put_u64(&mut b, at, e & !L2_COPIED);
+        let found = verdict(&b);
+        all_under(&found, rules::L2_COPIED, "ERROR OFLAG_COPIED data cluster");
+        assert_eq!(found.len(), 1, "{found:#?}");
     }
 }

@@ -5,6 +5,15 @@
 mod check_support;
 
 use check_support::*;
+use qcow2_alloc::check::{CheckReport, FindingKind};
+use qcow2_format::{rules, RuleId};
+
+/// Whether a finding of `kind` under `rule` has a message containing `text`.
+fn has(r: &CheckReport, kind: FindingKind, rule: RuleId, text: &str) -> bool {
+    r.findings
+        .iter()
+        .any(|f| f.kind == kind && f.rule == Some(rule) && f.message.contains(text))
+}
 
 #[test]
 fn every_golden_image_matches_qemu_img() {
@@ -107,6 +116,16 @@ fn injected_faults_are_counted_like_qemu_img() {
     // A leak: the header cluster's refcount bumped.
     let r = faulty("leak.qcow2", |p| set_refcount(p, 0, 2));
     assert_eq!((r.leaks, r.corruptions), (1, 0));
+    assert!(
+        has(
+            &r,
+            FindingKind::Leak,
+            rules::RC_MATCH,
+            "cluster 0 refcount=2 reference=1"
+        ),
+        "{:#?}",
+        r.findings
+    );
     // An allocated but unreferenced cluster appended to the file.
     let r = faulty("append.qcow2", |p| {
         let end = std::fs::metadata(p).unwrap().len().next_multiple_of(65536);
@@ -120,9 +139,19 @@ fn injected_faults_are_counted_like_qemu_img() {
         set_refcount(p, data / 65536, 0);
     });
     assert!(r.corruptions >= 1);
+    assert!(
+        has(
+            &r,
+            FindingKind::Corruption,
+            rules::RC_MATCH,
+            " refcount=0 reference="
+        ),
+        "{:#?}",
+        r.findings
+    );
     faulty("l2zero.qcow2", |p| set_refcount(p, first_l2(p) / 65536, 0));
     // A COPIED flag cleared on a data cluster with refcount 1.
-    faulty("copied.qcow2", |p| {
+    let r = faulty("copied.qcow2", |p| {
         let l2 = first_l2(p);
         let entry = peek_u64(p, l2 + 640 * 8);
         assert_ne!(
@@ -132,6 +161,16 @@ fn injected_faults_are_counted_like_qemu_img() {
         );
         poke_u64(p, l2 + 640 * 8, entry & !(1 << 63));
     });
+    assert!(
+        has(
+            &r,
+            FindingKind::Corruption,
+            rules::L2_COPIED,
+            "OFLAG_COPIED data cluster"
+        ),
+        "{:#?}",
+        r.findings
+    );
     // A data cluster pointing past the end of the file, and a misaligned one.
     faulty("beyond.qcow2", |p| {
         poke_u64(p, first_l2(p) + 100 * 8, (1 << 63) | (1 << 40))
@@ -155,9 +194,8 @@ fn injected_faults_are_counted_like_qemu_img() {
         poke_u64(p, l2 + 640 * 8, (entry & (1 << 63)) | l2);
     });
     assert!(
-        r.findings
-            .iter()
-            .any(|f| f.message.contains("an L2 table and a data cluster")),
+        r.findings.iter().any(|f| f.rule == Some(rules::RC_OVERLAP)
+            && f.message.contains("an L2 table and a data cluster")),
         "{:#?}",
         r.findings
     );
@@ -174,9 +212,19 @@ fn injected_faults_are_counted_like_qemu_img() {
         let rt = header(p).refcount_table_offset.get();
         poke_u64(p, rt, 1 << 40);
     });
-    faulty("rt-on-l1.qcow2", |p| {
+    let r = faulty("rt-on-l1.qcow2", |p| {
         let h = header(p);
         poke_u64(p, h.refcount_table_offset.get(), h.l1_table_offset.get());
     });
+    assert!(
+        has(
+            &r,
+            FindingKind::Corruption,
+            rules::RC_OVERLAP,
+            "is referenced 2 times; it is also used as an L1 table"
+        ),
+        "{:#?}",
+        r.findings
+    );
     faulty("reftable-beyond.qcow2", |p| poke_u64(p, 48, 1 << 32));
 }

@@ -7,8 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use check_support::*;
-use qcow2_alloc::check::CheckError;
+use qcow2_alloc::check::{CheckError, FindingKind};
 use qcow2_alloc::repair::{repair, RepairMode, RepairReport};
+use qcow2_format::rules;
 use qcow2_io::FileStorage;
 
 const CS: u64 = 65536;
@@ -96,6 +97,21 @@ fn leaks_are_fixed_like_qemu_img() {
             "{opts}: -r leaks output"
         );
         assert_eq!(done.leaks_fixed(), before["leaks"]);
+        let repaired: Vec<_> = done
+            .repair_pass
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::Repaired)
+            .collect();
+        assert_eq!(
+            repaired.len() as u64,
+            before["leaks"],
+            "{opts}: {repaired:#?}"
+        );
+        assert!(
+            repaired.iter().all(|f| f.rule == Some(rules::RC_MATCH)),
+            "{opts}: {repaired:#?}"
+        );
         assert_repaired(&path, &pristine, &done);
     }
 }
@@ -130,6 +146,16 @@ fn too_low_refcount_is_fixed_by_all_only() {
     let done = our_repair(&path, RepairMode::All).expect("repair completes");
     assert_eq!(numbers(&done.final_report()), qemu_fixed);
     assert_eq!(done.corruptions_fixed(), 1);
+    assert!(
+        done.repair_pass
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::Repaired
+                && f.rule == Some(rules::RC_MATCH)
+                && f.message == format!("cluster {cluster} refcount=1 reference=2")),
+        "{:#?}",
+        done.repair_pass.findings
+    );
     assert!(!done.repair_pass.rebuilt);
     assert_eq!(refcount(&path, cluster), 2);
     assert_repaired(&path, &pristine, &done);

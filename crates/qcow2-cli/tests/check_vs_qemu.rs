@@ -210,7 +210,7 @@ fn findings_name_offsets_and_rules() {
     let out = qcow2(&dir, &["check", "leak.qcow2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("Leaked cluster 0 refcount=2 reference=1 (offset 0x0, RC-BLOCK)"),
+        stderr.contains("Leaked cluster 0 refcount=2 reference=1 (offset 0x0, RC-MATCH)"),
         "{stderr}"
     );
 }

@@ -2,7 +2,7 @@
 
 use qcow2_alloc::AllocError;
 use qcow2_codec::CodecError;
-use qcow2_format::FormatError;
+use qcow2_format::{rules, FormatError, RuleId};
 
 /// Result alias for this crate.
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
@@ -72,8 +72,10 @@ pub enum ImageError {
     },
     /// Metadata contradicts itself (for example an L2 table beyond the end
     /// of the file or overlapping the header).
-    #[error("corrupt image at host byte {offset:#x}: {reason}")]
+    #[error("corrupt image{} at host byte {offset:#x}: {reason}", rule.map(|r| format!(" ({r})")).unwrap_or_default())]
     Corrupt {
+        /// The rule of docs/spec.md the image breaks, when one applies.
+        rule: Option<RuleId>,
         /// Where.
         offset: u64,
         /// What is inconsistent.
@@ -94,6 +96,17 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// The rule of docs/spec.md behind this error, when there is one.
+    pub fn rule(&self) -> Option<RuleId> {
+        match self {
+            Self::Format(e) => Some(e.rule),
+            Self::Alloc(qcow2_alloc::AllocError::Format(e)) => Some(e.rule),
+            Self::Codec { .. } => Some(rules::CMP_DECODE),
+            Self::Corrupt { rule, .. } => *rule,
+            _ => None,
+        }
+    }
+
     /// Wraps an I/O error with what was being done and where.
     pub fn io(action: &'static str, offset: u64, source: std::io::Error) -> Self {
         Self::Io {

@@ -121,6 +121,7 @@ impl Image {
                 // rebuild them as QEMU does, then open the repaired image.
                 if repaired {
                     return Err(ImageError::Corrupt {
+                        rule: Some(qcow2_format::rules::FEAT_DIRTY),
                         offset: 72,
                         reason: "the dirty bit survived a refcount repair".into(),
                     });
@@ -129,6 +130,7 @@ impl Image {
                 let left = report.final_report();
                 if left.corruptions > 0 {
                     return Err(ImageError::Corrupt {
+                        rule: Some(qcow2_format::rules::RC_MATCH),
                         offset: 0,
                         reason: format!(
                             "{} corruptions remain after repairing the dirty image",
@@ -150,6 +152,7 @@ impl Image {
         let layout = Layout::new(geometry, h.version, features.extended_l2);
         if u64::from(h.l1_size) > MAX_L1_ENTRIES {
             return Err(ImageError::Corrupt {
+                rule: Some(qcow2_format::rules::HDR_L1_SIZE),
                 offset: 36,
                 reason: format!("l1_size {} is too large", h.l1_size),
             });

@@ -120,6 +120,7 @@ impl Layout {
         let words = table
             .get_mut(index * w..index * w + w)
             .ok_or_else(|| ImageError::Corrupt {
+                rule: None,
                 offset: 0,
                 reason: format!("L2 index {index} out of range"),
             })?;

@@ -80,9 +80,11 @@ impl Meta {
         let len = storage
             .len()
             .map_err(|e| ImageError::io("reading the file length", 0, e))?;
-        let cs = self.layout.cluster_size();
-        if offset.get() == 0 || offset.get().saturating_add(cs) > len.max(cs) + cs {
+        // A table that starts inside the file is read (a short tail reads
+        // as zeros, as QEMU reads it); one wholly outside is refused.
+        if offset.get() == 0 || offset.get() >= len {
             return Err(ImageError::Corrupt {
+                rule: Some(qcow2_format::rules::L1_ENTRY),
                 offset: offset.get(),
                 reason: format!("L2 table at {:#x} is outside the file", offset.get()),
             });
@@ -236,6 +238,7 @@ impl Meta {
         match what {
             None => Ok(()),
             Some(what) => Err(ImageError::Corrupt {
+                rule: Some(qcow2_format::rules::RC_OVERLAP),
                 offset: start,
                 reason: format!("a data cluster at {start:#x} overlaps {what}; write refused"),
             }),
@@ -254,6 +257,7 @@ impl Meta {
                 let (first, count) =
                     d.host_clusters(self.layout.geometry)
                         .ok_or_else(|| ImageError::Corrupt {
+                            rule: Some(qcow2_format::rules::CMP_DESCRIPTOR),
                             offset: d.host_offset.get(),
                             reason: "compressed descriptor overflows".into(),
                         })?;

@@ -1,5 +1,6 @@
 //! Compares the computed refcounts with the stored ones and, in repair
-//! mode, corrects the stored ones in place.
+//! mode, corrects the stored ones in place. Mismatches are reported under
+//! `RC-MATCH`, clusters in two roles under `RC-OVERLAP`.
 
 use qcow2_format::rules;
 
@@ -93,16 +94,21 @@ pub(crate) fn compare(
                     report.record(
                         FindingKind::Corruption,
                         at,
-                        Some(rules::RC_BLOCK),
+                        Some(rules::RC_OVERLAP),
                         format!("cluster {cluster} is used as {roles} at the same time"),
                         1,
                     );
                 }
                 continue;
             }
+            // A mismatch is one count, as in qemu-img. When the cluster also
+            // plays two roles the overlap is the deeper fault (fixing the
+            // refcount leaves it), so that finding carries `RC-OVERLAP`.
             let mut message = format!("cluster {cluster} refcount={on_disk} reference={computed}");
+            let mut rule = rules::RC_MATCH;
             if let Some(roles) = overlap(map, cluster) {
                 message.push_str(&format!(" (used as {roles})"));
+                rule = rules::RC_OVERLAP;
             }
             let fixable = on_disk != 0
                 && ((on_disk > computed && fix.leaks) || (on_disk < computed && fix.errors));
@@ -115,7 +121,7 @@ pub(crate) fn compare(
                 } else {
                     report.corruptions_fixed += 1;
                 }
-                report.record(FindingKind::Repaired, at, Some(rules::RC_BLOCK), message, 1);
+                report.record(FindingKind::Repaired, at, Some(rule), message, 1);
                 continue;
             }
             let kind = if on_disk < computed {
@@ -123,7 +129,7 @@ pub(crate) fn compare(
             } else {
                 FindingKind::Leak
             };
-            report.record(kind, at, Some(rules::RC_BLOCK), message, 1);
+            report.record(kind, at, Some(rule), message, 1);
         }
     }
     Ok(out)

@@ -60,7 +60,7 @@ pub(crate) fn check_copied(
                     report.record(
                         FindingKind::Repaired,
                         Some(at),
-                        Some(rules::L1_ENTRY),
+                        Some(rules::L1_COPIED),
                         message,
                         1,
                     );
@@ -68,7 +68,7 @@ pub(crate) fn check_copied(
                     report.record(
                         FindingKind::Corruption,
                         Some(at),
-                        Some(rules::L1_ENTRY),
+                        Some(rules::L1_COPIED),
                         message,
                         1,
                     );
@@ -137,7 +137,7 @@ fn l2_copied(
             report.record(
                 FindingKind::Corruption,
                 Some(at),
-                Some(rules::L2_ENTRY),
+                Some(rules::L2_COPIED),
                 message,
                 times,
             );
@@ -169,7 +169,7 @@ fn l2_copied(
             report.record(
                 FindingKind::Corruption,
                 Some(at),
-                Some(rules::L2_ENTRY),
+                Some(rules::L2_COPIED),
                 message,
                 times,
             );
@@ -184,7 +184,7 @@ fn l2_copied(
         report.record(
             FindingKind::Repaired,
             Some(at),
-            Some(rules::L2_ENTRY),
+            Some(rules::L2_COPIED),
             message,
             1,
         );

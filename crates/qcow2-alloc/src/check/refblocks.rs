@@ -88,17 +88,19 @@ pub(crate) fn count_blocks(
             counter.add(Some(at), raw, cs, block, 1);
             let n = counter.map.get(cluster);
             if n != 1 {
+                // Two table entries naming one block break the table; a
+                // block that is also another structure is an overlap.
                 let others = counter.map.roles(cluster) & !role::REFBLOCK;
-                let also = if others == 0 {
-                    "another refcount block".to_string()
+                let (rule, also) = if others == 0 {
+                    (rules::RC_TABLE_ENTRY, "another refcount block".to_string())
                 } else {
-                    role::names(others)
+                    (rules::RC_OVERLAP, role::names(others))
                 };
                 counter.report.corruption(
-                Some(at),
-                rules::RC_TABLE_ENTRY,
-                format!("refcount block {i} at {raw:#x} is referenced {n} times; it is also used as {also}"),
-            );
+                    Some(at),
+                    rule,
+                    format!("refcount block {i} at {raw:#x} is referenced {n} times; it is also used as {also}"),
+                );
                 health.broken = true;
             }
             Ok(())
