@@ -140,6 +140,15 @@ impl Image {
                 }
                 return Self::open_inner(storage, options, depth, true);
             }
+            if features.bitmaps_consistent {
+                // Writing without updating them would leave bitmaps that
+                // claim to be consistent but miss our writes; clearing the
+                // bit instead makes QEMU treat their clusters as leaks.
+                return Err(unsupported(
+                    "writing an image with persistent dirty bitmaps (remove them with \
+                     `qemu-img bitmap --remove`, or open read-only)",
+                ));
+            }
             if features.dedup() {
                 return Err(unsupported(
                     "writing a deduplicated image (its dedup table would go stale)",
