@@ -1,6 +1,7 @@
 //! The `qcow2` command line: inspect qcow2 images, with output shaped like `qemu-img`'s.
 #![forbid(unsafe_code)]
 
+mod amend;
 mod backing;
 mod bitmap_directory;
 mod check;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 
 use error::CliError;
 
-/// Create, inspect, check, map, compare, convert, resize and poke qcow2 disk images.
+/// Create, inspect, check, map, compare, convert, resize, amend and poke qcow2 disk images.
 ///
 /// Output and JSON keys follow `qemu-img`, so scripts written for it work with `qcow2`.
 #[derive(Debug, Parser)]
@@ -45,6 +46,7 @@ enum Command {
     Io(io::IoArgs),
     Compare(compare::CompareArgs),
     Resize(resize::ResizeArgs),
+    Amend(amend::AmendArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Io(args) => io::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Resize(args) => resize::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Amend(args) => amend::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod amend;
 mod backing;
 mod create;
 mod error;
@@ -25,6 +26,7 @@ mod status;
 mod write;
 mod zero;
 
+pub use amend::{AmendOptions, AmendReport, Compat};
 pub use backing::{resolve_backing_path, BackingSource, RawBacking};
 pub use error::{ImageError, Result};
 pub use image::Image;

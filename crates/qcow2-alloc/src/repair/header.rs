@@ -45,3 +45,35 @@ pub(crate) fn clear_incompatible(img: &Image<'_>, bits: u64) -> CheckResult<()> 
         .map_err(|e| CheckError::io("clearing incompatible feature bits", INCOMPATIBLE, e))?;
     flush(img, "flushing the header")
 }
+
+/// Byte offset of refcount_order (u32, version 3).
+const REFCOUNT_ORDER: u64 = 96;
+
+/// Points the header at a new refcount table whose entries are
+/// `1 << order` bits wide, after flushing everything written before, in a
+/// single write of bytes 48..100 (the table location and refcount_order
+/// change together), and flushes the header. Version 3 images only.
+pub(crate) fn point_at_reftable_with_order(
+    img: &Image<'_>,
+    offset: u64,
+    clusters: u32,
+    order: u32,
+) -> CheckResult<()> {
+    flush(img, "flushing the new refcount structure")?;
+    let len = REFCOUNT_ORDER + 4 - REFTABLE_FIELDS;
+    let mut fields = img.read(REFTABLE_FIELDS, len, "reading the header")?;
+    fields[..8].copy_from_slice(&offset.to_be_bytes());
+    fields[8..12].copy_from_slice(&clusters.to_be_bytes());
+    let at = (REFCOUNT_ORDER - REFTABLE_FIELDS) as usize;
+    fields[at..at + 4].copy_from_slice(&order.to_be_bytes());
+    img.storage
+        .write_at(&fields, REFTABLE_FIELDS, WriteKind::Header)
+        .map_err(|e| {
+            CheckError::io(
+                "writing the refcount table location and width",
+                REFTABLE_FIELDS,
+                e,
+            )
+        })?;
+    flush(img, "flushing the header")
+}

@@ -11,7 +11,10 @@
 //! in use (at worst with leaks).
 
 pub(crate) mod header;
+mod order;
 pub(crate) mod rebuild;
+
+pub use order::{change_refcount_order, OrderChange};
 
 use qcow2_io::Storage;
 

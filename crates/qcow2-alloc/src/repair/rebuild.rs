@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use qcow2_format::header::MAX_REFTABLE_BYTES;
-use qcow2_format::tables::RefcountBlock;
+use qcow2_format::tables::{RefcountBlock, RefcountOrder};
 use qcow2_io::WriteKind;
 
 use crate::check::image::Image;
@@ -87,13 +87,24 @@ pub(crate) fn rebuild(img: &Image<'_>, extra: &[&dyn ExtraReferences]) -> CheckR
     // The references without the old refcount structure, which becomes free.
     let mut scratch = CheckReport::default();
     let map = walk(img, &mut scratch, extra, false)?.map;
+    let placed = place(img, &map, img.order)?;
+    // Flushes the new blocks and table before the header names them.
+    header::point_at_reftable(img, placed.table_offset, placed.table_clusters)?;
+    Ok(placed)
+}
+
+/// Writes a refcount table and blocks of width `order` holding the counts
+/// of `map` (capped at what `order` holds) after everything in use, and
+/// describing themselves. The header is left alone: the caller points it
+/// at the result once the writes are durable.
+pub(crate) fn place(img: &Image<'_>, map: &RefMap, order: RefcountOrder) -> CheckResult<Placed> {
     let cs = img.cluster_size();
-    let per_block = img.order.entries_per_block(img.geo);
+    let per_block = order.entries_per_block(img.geo);
     let end = img
         .geo
         .clusters_for(img.file_len)
         .max(map.highest_nonzero().map_or(0, |h| h + 1));
-    let plan = layout(&used_indices(&map, per_block), end, per_block, cs)?;
+    let plan = layout(&used_indices(map, per_block), end, per_block, cs)?;
     let max_table = (MAX_REFTABLE_BYTES / cs).max(1);
     let structure_end = (end + plan.clusters()).saturating_mul(cs);
     if plan.table_clusters > max_table || structure_end > MAX_HOST_OFFSET {
@@ -111,14 +122,14 @@ pub(crate) fn rebuild(img: &Image<'_>, extra: &[&dyn ExtraReferences]) -> CheckR
         if (new_start..new_end).contains(&cluster) {
             1
         } else {
-            map.get(cluster).min(img.order.max_refcount())
+            map.get(cluster).min(order.max_refcount())
         }
     };
     let mut table = vec![0u8; (plan.table_clusters * cs) as usize];
     for (k, &index) in plan.blocks.iter().enumerate() {
         let offset = (end + plan.table_clusters + k as u64) * cs;
         let mut buf = vec![0u8; cs as usize];
-        let mut block = RefcountBlock::new(buf.as_mut_slice(), img.order, offset);
+        let mut block = RefcountBlock::new(buf.as_mut_slice(), order, offset);
         for i in 0..per_block {
             let value = refcount_of(index * per_block + i);
             if value != 0 {
@@ -134,8 +145,6 @@ pub(crate) fn rebuild(img: &Image<'_>, extra: &[&dyn ExtraReferences]) -> CheckR
     img.storage
         .write_at(&table, table_offset, WriteKind::RefcountTable)
         .map_err(|e| CheckError::io("writing the rebuilt refcount table", table_offset, e))?;
-    // Flushes the new blocks and table before the header names them.
-    header::point_at_reftable(img, table_offset, plan.table_clusters as u32)?;
     Ok(Placed {
         table_offset,
         table_clusters: plan.table_clusters as u32,

@@ -1,0 +1,175 @@
+//! `qcow2 amend`: change format options of an existing image, like
+//! `qemu-img amend -f qcow2 -o ...`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use qcow2_image::{AmendOptions, Compat, Image};
+
+use crate::error::CliError;
+use crate::progress::Progress;
+
+const AFTER_HELP: &str = "\
+Options (-o, comma separated, as in qemu-img):
+  compat=0.10|v2|1.1|v3   compatibility level (qcow2 version 2 or 3)
+  lazy_refcounts=on|off   postpone refcount updates (version 3 only)
+  refcount_bits=N         refcount width: 1, 2, 4, ..., 64 (16 for version 2)
+
+`-o help` lists them. The other options qemu-img amend accepts (size,
+backing_file, backing_fmt, data_file, data_file_raw, encrypt.*) are refused
+with an error naming them. Every option is checked before the image is
+touched: a refused amend leaves the file unchanged.
+
+Downgrading to compat=0.10 turns zero clusters into unallocated clusters (no
+backing file) or allocated zeroed clusters, and is refused for images using
+what version 2 cannot express (extended L2 entries, persistent bitmaps,
+zstd-compressed clusters, zero clusters in snapshots...). A dirty image
+(lazy refcounts) gets its refcounts repaired first.
+
+Exit status: 0 on success, 1 on any error.";
+
+/// The `-o` options `qemu-img amend -f qcow2` knows and this tool does not
+/// change, with a hint where another command does the job.
+const NOT_SUPPORTED: &[(&str, &str)] = &[
+    ("size", " (use `qcow2 resize`)"),
+    ("backing_file", " (use `qemu-img rebase`)"),
+    ("backing_fmt", " (use `qemu-img rebase`)"),
+    ("data_file", ""),
+    ("data_file_raw", ""),
+];
+
+/// Change format options of an image.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Change format-specific options of a qcow2 image (compat, lazy_refcounts, refcount_bits), like `qemu-img amend`.",
+    after_long_help = AFTER_HELP
+)]
+pub struct AmendArgs {
+    /// Image format; only qcow2 can be amended.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+
+    /// Options to change, `name=value[,name=value...]`; may be repeated.
+    #[arg(short = 'o', value_name = "OPTIONS", required = true)]
+    pub options: Vec<String>,
+
+    /// Show progress on stderr.
+    #[arg(short = 'p')]
+    pub progress: bool,
+
+    /// Quiet: no progress output.
+    #[arg(short = 'q')]
+    pub quiet: bool,
+
+    /// The image to amend.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, CliError> {
+    match value {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(CliError::Usage(format!(
+            "Parameter '{name}' expects 'on' or 'off'"
+        ))),
+    }
+}
+
+/// The options `text` asks for, or `None` for `help`.
+fn parse_options(text: &str) -> Result<Option<AmendOptions>, CliError> {
+    let mut options = AmendOptions::default();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        if item == "help" || item == "?" {
+            return Ok(None);
+        }
+        let (name, value) = item.split_once('=').ok_or_else(|| {
+            CliError::Usage(format!("Invalid parameter '{item}': expected name=value"))
+        })?;
+        match name {
+            "compat" => {
+                options.compat = Some(Compat::parse(value).ok_or_else(|| {
+                    CliError::Usage(format!("Unknown compatibility level {value}"))
+                })?);
+            }
+            "lazy_refcounts" => options.lazy_refcounts = Some(parse_bool(name, value)?),
+            "refcount_bits" => {
+                let bits = value.parse::<u64>().map_err(|_| {
+                    CliError::Usage(format!(
+                        "Parameter 'refcount_bits' expects a non-negative number, got '{value}'"
+                    ))
+                })?;
+                options.refcount_bits = Some(bits);
+            }
+            _ => {
+                let known = NOT_SUPPORTED.iter().find(|(n, _)| *n == name);
+                return Err(match known {
+                    Some((_, hint)) => CliError::Usage(format!(
+                        "amend option '{name}' is not supported by qcow2 amend{hint}"
+                    )),
+                    None if name.starts_with("encrypt.") => CliError::Usage(format!(
+                        "amend option '{name}' is not supported by qcow2 amend (encryption is not implemented)"
+                    )),
+                    None => CliError::Usage(format!("Invalid parameter '{name}'")),
+                });
+            }
+        }
+    }
+    Ok(Some(options))
+}
+
+const OPTIONS_HELP: &str = "\
+Amend options for 'qcow2':
+  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
+  lazy_refcounts=<bool (on/off)> - Postpone refcount updates
+  refcount_bits=<num>    - Width of a reference count entry in bits";
+
+/// Runs `amend`.
+pub fn run(args: &AmendArgs) -> Result<(), CliError> {
+    if let Some(format) = &args.format {
+        if format != "qcow2" {
+            return Err(CliError::Usage(format!(
+                "Format driver '{format}' does not support option amendment"
+            )));
+        }
+    }
+    let Some(options) = parse_options(&args.options.join(","))? else {
+        println!("{OPTIONS_HELP}");
+        return Ok(());
+    };
+    let mut progress = Progress::new(args.progress && !args.quiet, 1);
+    Image::amend_path(&args.file, &options).map_err(|e| CliError::image(&args.file, e))?;
+    progress.update(1);
+    progress.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_like_qemu_img() {
+        let o = parse_options("compat=v3,lazy_refcounts=on,refcount_bits=64")
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.compat, Some(Compat::V3));
+        assert_eq!(o.lazy_refcounts, Some(true));
+        assert_eq!(o.refcount_bits, Some(64));
+        assert_eq!(
+            parse_options("compat=0.10").unwrap().unwrap().compat,
+            Some(Compat::V2)
+        );
+        assert!(parse_options("help").unwrap().is_none());
+        for bad in [
+            "compat=1.2",
+            "lazy_refcounts=maybe",
+            "refcount_bits=x",
+            "foo=1",
+        ] {
+            assert!(parse_options(bad).is_err(), "{bad}");
+        }
+        let err = parse_options("size=1G").unwrap_err().to_string();
+        assert!(err.contains("'size'"), "{err}");
+    }
+}
