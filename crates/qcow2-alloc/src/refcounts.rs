@@ -175,6 +175,12 @@ impl Refcounts {
         self.location
     }
 
+    /// Whether a refcount block lives at `offset` (a data write there
+    /// would corrupt the refcounts).
+    pub fn is_block(&self, offset: HostOffset) -> bool {
+        self.table.contains(&Some(offset))
+    }
+
     /// The refcount width.
     pub fn order(&self) -> RefcountOrder {
         self.order
@@ -249,6 +255,9 @@ impl Refcounts {
             for c in start..start + count {
                 self.set(storage, ClusterIndex(c), 1)?;
             }
+            // Gaps skipped as too small are left behind until a release
+            // moves the cursor back: rescanning them on every request would
+            // make long runs of allocations quadratic.
             self.free_cursor = start + count;
             return self.offset_of(start);
         }
@@ -275,6 +284,13 @@ impl Refcounts {
         if !self.table_dirty {
             return Ok(None);
         }
+        // The table may point at blocks installed since the last flush
+        // (written above or evicted earlier): they must be durable before
+        // the entries that reference them, or a crash can leave an entry
+        // naming a cluster that never received its block.
+        storage
+            .flush()
+            .map_err(|e| AllocError::io("flushing the image file", 0, e))?;
         let entries: Vec<RefcountTableEntry> = self
             .table
             .iter()

@@ -124,11 +124,14 @@ impl Image {
                 .write_zeroes(l1_offset.get(), l1_clusters * cs, WriteKind::L1)
                 .map_err(|e| ImageError::io("writing the L1 table", l1_offset.get(), e))?;
         }
+        // Allocating a large L1 table may have grown (moved) the refcount
+        // table: the header takes wherever it is now.
         refcounts.flush(&*storage)?;
+        let location = refcounts.location();
         let mut header = Header::new(options.version, geometry.cluster_bits(), size);
         header.refcount_order = order.get();
-        header.refcount_table_offset = qcow2_format::HostOffset(cs);
-        header.refcount_table_clusters = 1;
+        header.refcount_table_offset = location.offset;
+        header.refcount_table_clusters = location.clusters;
         header.l1_table_offset = l1_offset;
         header.l1_size = l1_entries as u32;
         header.incompatible_features =
@@ -165,6 +168,12 @@ impl Image {
                 .map_err(|e| ImageError::io("extending the image file", 0, e))?;
         }
         sync(&*storage)?;
+        // The first table, if replaced, is free now that the header moved.
+        refcounts.header_updated();
+        if refcounts.has_pending_releases() {
+            refcounts.apply_releases(&*storage)?;
+            sync(&*storage)?;
+        }
         let image = Image::open(
             storage,
             OpenOptions {

@@ -217,7 +217,12 @@ impl Image {
     }
 
     pub(crate) fn lock_meta(&self) -> MutexGuard<'_, Meta> {
-        self.meta.lock().unwrap_or_else(PoisonError::into_inner)
+        self.meta.lock().unwrap_or_else(|e| {
+            // A panic mid-update may have left memory ahead of the file.
+            let mut meta = e.into_inner();
+            meta.poisoned = true;
+            meta
+        })
     }
 
     /// Virtual disk size in bytes.

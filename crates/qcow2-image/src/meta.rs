@@ -119,8 +119,15 @@ impl Meta {
             return Ok(());
         };
         if self.l2.get(victim).is_some_and(|s| s.dirty) {
-            self.commit_refcounts(storage)?;
-            self.write_l2(storage, victim)?;
+            // Also reached from reads: a failure here must stop later
+            // writes and flushes from trusting the cache.
+            let written = self
+                .commit_refcounts(storage)
+                .and_then(|()| self.write_l2(storage, victim));
+            if written.is_err() {
+                self.poisoned = true;
+            }
+            written?;
         }
         self.l2.remove(victim);
         Ok(())
@@ -232,6 +239,8 @@ impl Meta {
             Some("the L1 table")
         } else if overlaps(rt.offset.get(), rt_end) {
             Some("the refcount table")
+        } else if self.refcounts.is_block(host) {
+            Some("a refcount block")
         } else {
             None
         };
@@ -273,10 +282,13 @@ impl Meta {
         };
         let bytes = words_to_bytes(&slot.words);
         let offset = slot.offset.get();
-        slot.dirty = false;
         storage
             .write_at(&bytes, offset, WriteKind::L2)
-            .map_err(|e| ImageError::io("writing an L2 table", offset, e))
+            .map_err(|e| ImageError::io("writing an L2 table", offset, e))?;
+        if let Some(slot) = self.l2.get(l1_index) {
+            slot.dirty = false;
+        }
+        Ok(())
     }
 
     /// Writes the refcount increments made so far and makes them durable;

@@ -38,8 +38,26 @@ impl Image {
                 meta.header_dirty = true;
                 meta.flush(&*self.storage)?;
             }
+            if new_size > old_size {
+                self.hide_backing_tail(meta, old_size, new_size)?;
+            }
             Ok(())
         })
+    }
+
+    /// New space reads as zeros even where a longer backing file has data
+    /// (as QEMU does): the part the backing file covers gets zeroed.
+    fn hide_backing_tail(&self, meta: &mut Meta, old_size: u64, new_size: u64) -> Result<()> {
+        if meta.area.backing_file.is_none() {
+            return Ok(());
+        }
+        let backing_end = self.backing.as_ref().map_or(new_size, |b| b.size());
+        let end = backing_end.min(new_size);
+        if end <= old_size {
+            return Ok(());
+        }
+        self.zero_locked(meta, old_size, end - old_size)?;
+        meta.flush(&*self.storage)
     }
 
     fn shrink(&self, meta: &mut Meta, new_size: u64) -> Result<()> {

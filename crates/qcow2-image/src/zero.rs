@@ -44,6 +44,11 @@ impl Image {
         })
     }
 
+    /// Zeroes a range with both locks held, freeing whole clusters.
+    pub(crate) fn zero_locked(&self, meta: &mut Meta, offset: u64, len: u64) -> Result<()> {
+        self.change_locked(meta, offset, len, Mode::Zero { unmap: true })
+    }
+
     fn change_locked(&self, meta: &mut Meta, offset: u64, len: u64, mode: Mode) -> Result<()> {
         let layout = self.layout;
         let cs = layout.cluster_size();
