@@ -5,6 +5,7 @@ mod brotli;
 mod codec;
 mod error;
 mod level;
+mod pool;
 mod registry;
 mod state;
 mod zlib;
@@ -16,6 +17,8 @@ pub use crate::codec::{
 };
 pub use crate::error::{CodecError, RegistryError};
 pub use crate::level::LevelSpec;
+#[doc(hidden)]
+pub use crate::pool::{brotli_pool_stats, BrotliPoolStats};
 pub use crate::registry::{CodecInfo, Registry, MAX_NAME_LEN};
 pub use crate::zlib::Zlib;
 pub use crate::zstd::Zstd;

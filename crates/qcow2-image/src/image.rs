@@ -1,6 +1,7 @@
 //! The `Image` type: an open qcow2 image shared between threads.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use qcow2_alloc::repair::{repair, RepairMode};
@@ -41,6 +42,8 @@ pub struct Image {
     pub(crate) codec: Option<Arc<dyn Codec>>,
     pub(crate) writable: bool,
     pub(crate) layout: Layout,
+    /// Set by `close`, so dropping does not flush a second time.
+    pub(crate) closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Image {
@@ -213,6 +216,7 @@ impl Image {
             codec,
             writable: options.writable,
             layout,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -300,6 +304,7 @@ impl Image {
 
     /// Flushes and closes the image, reporting any error the flush meets.
     pub fn close(self) -> Result<()> {
+        self.closed.store(true, Ordering::Relaxed);
         self.flush()
     }
 
@@ -342,7 +347,7 @@ impl Image {
 impl Drop for Image {
     fn drop(&mut self) {
         // Best effort: callers that care about errors use `close`.
-        if self.writable {
+        if self.writable && !self.closed.load(Ordering::Relaxed) {
             let _ = self.flush();
         }
     }

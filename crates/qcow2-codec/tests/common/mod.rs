@@ -48,14 +48,33 @@ pub const KINDS: [Kind; 4] = [Kind::Text, Kind::Binary, Kind::Zeros, Kind::Rando
 
 /// Repeats `source` (starting at a size-dependent offset) to fill `len` bytes.
 fn tile(source: &[u8], len: usize) -> Vec<u8> {
-    let start = (len / 3) % source.len();
+    tile_from(source, len / 3, len)
+}
+
+/// Repeats `source` from offset `start` (wrapping) to fill `len` bytes.
+fn tile_from(source: &[u8], start: usize, len: usize) -> Vec<u8> {
     source
         .iter()
         .cycle()
-        .skip(start)
+        .skip(start % source.len())
         .take(len)
         .copied()
         .collect()
+}
+
+/// Real content to cut many different clusters from: text or machine code.
+pub fn source(kind: Kind) -> Vec<u8> {
+    match kind {
+        Kind::Text => text_corpus(),
+        Kind::Binary => binary_corpus(),
+        Kind::Zeros | Kind::Random => panic!("{kind:?} has no source"),
+    }
+}
+
+/// The `index`-th `len`-byte cluster cut from `source` (wrapping around):
+/// consecutive indexes give consecutive, different clusters.
+pub fn cut(source: &[u8], len: usize, index: usize) -> Vec<u8> {
+    tile_from(source, index.wrapping_mul(len).wrapping_add(len / 3), len)
 }
 
 /// Real text: this crate's own sources and README.
