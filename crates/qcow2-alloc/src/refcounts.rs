@@ -263,9 +263,11 @@ impl Refcounts {
         }
     }
 
-    /// Writes every dirty block, then the table if it changed, so that all
-    /// increments made so far are on the storage (not yet flushed: the
-    /// caller flushes the storage before writing references).
+    /// Writes every dirty block, then the table if it changed (after a
+    /// storage flush, so new blocks are durable before the table names
+    /// them), so that all increments made so far are on the storage (not
+    /// yet flushed: the caller flushes the storage before writing
+    /// references).
     ///
     /// Returns the new table location when the table moved; the caller must
     /// then make it durable, point the header at it, and call

@@ -18,7 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use qcow2_image::{BackingMode, BackingSource, CreateOptions, Image, OpenOptions};
 use qcow2_io::{Effect, Fault, FaultStorage, MemoryStorage, Storage, Trigger, WriteKind};
@@ -34,7 +34,11 @@ const SECTOR: u64 = 512;
 /// A change not yet made durable by a flush.
 #[derive(Clone, Debug)]
 enum Pending {
-    Write { offset: u64, bytes: Vec<u8> },
+    Write {
+        offset: u64,
+        bytes: Vec<u8>,
+        kind: WriteKind,
+    },
     SetLen(u64),
 }
 
@@ -52,18 +56,28 @@ fn apply(bytes: &mut Vec<u8>, change: &Pending) {
         Pending::Write {
             offset,
             bytes: data,
+            ..
         } => {
             if data.is_empty() {
                 return;
             }
             let start = *offset as usize;
             let end = start + data.len();
-            if bytes.len() < end {
-                bytes.resize(end, 0);
-            }
+            grow(bytes, end);
             bytes[start..end].copy_from_slice(data);
         }
-        Pending::SetLen(len) => bytes.resize(*len as usize, 0),
+        Pending::SetLen(len) => {
+            bytes.truncate(*len as usize);
+            grow(bytes, *len as usize);
+        }
+    }
+}
+
+/// Extends `bytes` with zeros to `len` (`Vec::resize` is slow in debug
+/// builds; a zeroed allocation is not).
+fn grow(bytes: &mut Vec<u8>, len: usize) {
+    if bytes.len() < len {
+        bytes.extend_from_slice(&vec![0u8; len - bytes.len()]);
     }
 }
 
@@ -114,16 +128,47 @@ impl VolatileStorage {
             Survivors::All => state.current.clone(),
             Survivors::None => state.durable.clone(),
             Survivors::Random(seed) => {
-                let mut rng = Rng::new(seed);
                 let mut bytes = state.durable.clone();
-                for change in &state.pending {
-                    if rng.below(2) == 0 {
+                for (change, keep) in state
+                    .pending
+                    .iter()
+                    .zip(random_mask(seed, state.pending.len()))
+                {
+                    if keep {
                         apply(&mut bytes, change);
                     }
                 }
                 bytes
             }
         }
+    }
+
+    /// The unflushed changes, in order, marked `+` when they survive under
+    /// `survivors` and `-` when lost (for failure reports).
+    pub fn describe_pending(&self, survivors: Survivors) -> String {
+        let state = self.lock();
+        let keep: Vec<bool> = match survivors {
+            Survivors::All => vec![true; state.pending.len()],
+            Survivors::None => vec![false; state.pending.len()],
+            Survivors::Random(seed) => random_mask(seed, state.pending.len()),
+        };
+        let mut text = String::new();
+        for (change, keep) in state.pending.iter().zip(keep) {
+            let sign = if keep { '+' } else { '-' };
+            match change {
+                Pending::Write {
+                    offset,
+                    bytes,
+                    kind,
+                } => {
+                    let _ = write!(text, " {sign}{kind:?}@{offset:#x}/{:#x}", bytes.len());
+                }
+                Pending::SetLen(len) => {
+                    let _ = write!(text, " {sign}set_len({len:#x})");
+                }
+            }
+        }
+        text
     }
 
     fn push(&self, change: Pending) {
@@ -145,10 +190,11 @@ impl Storage for VolatileStorage {
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64, _kind: WriteKind) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64, kind: WriteKind) -> io::Result<()> {
         self.push(Pending::Write {
             offset,
             bytes: buf.to_vec(),
+            kind,
         });
         Ok(())
     }
@@ -170,6 +216,11 @@ impl Storage for VolatileStorage {
         self.push(Pending::SetLen(len));
         Ok(())
     }
+}
+
+fn random_mask(seed: u64, len: usize) -> Vec<bool> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| rng.below(2) == 0).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -315,6 +366,8 @@ pub struct Workload {
     pub ops: Vec<Op>,
     /// Where the image starts: a fresh, flushed image.
     pub start: Vec<u8>,
+    /// The bytes of each write step (empty for other steps), made once.
+    payloads: Vec<Vec<u8>>,
 }
 
 impl Workload {
@@ -340,12 +393,20 @@ impl Workload {
             .close()
             .expect("close the starting image");
         let start = storage.to_vec();
+        let payloads = ops
+            .iter()
+            .map(|op| match *op {
+                Op::Write { len, seed, .. } => data_for(len, seed),
+                _ => Vec::new(),
+            })
+            .collect();
         Self {
             name,
             options,
             backing,
             ops,
             start,
+            payloads,
         }
     }
 
@@ -448,17 +509,22 @@ pub struct RunResult {
     pub sizes: Vec<u64>,
     /// The error that stopped the workload, if any.
     pub error: Option<String>,
+    /// Whether the storage had died when the last step or `close` returned
+    /// success (it may die later, in the flush of `Drop`).
+    pub succeeded_dead: bool,
 }
 
 /// Opens the workload's image on `storage` and runs its steps, stopping at
-/// the first error; then closes the image.
-pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>) -> RunResult {
+/// the first error; then closes the image. `died` tells whether the
+/// storage has died.
+pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>, died: &dyn Fn() -> bool) -> RunResult {
     let mut current = Model::new(w.options.size.div_ceil(512) * 512, w.base());
     let mut result = RunResult {
         stable: current.clone(),
         dirty: Vec::new(),
         sizes: vec![current.size],
         error: None,
+        succeeded_dead: false,
     };
     let image = match Image::open(
         storage,
@@ -478,10 +544,10 @@ pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>) -> RunResult {
             result.dirty.push(range);
         }
         let outcome = match *op {
-            Op::Write { offset, len, seed } => {
-                let data = data_for(len, seed);
-                current.write(offset, &data);
-                image.write_at(&data, offset)
+            Op::Write { offset, .. } => {
+                let data = &w.payloads[i];
+                current.write(offset, data);
+                image.write_at(data, offset)
             }
             Op::Zero { offset, len, unmap } => {
                 current.zero(offset, len);
@@ -502,14 +568,21 @@ pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>) -> RunResult {
             result.error = Some(format!("step {i} ({op:?}): {e}"));
             return result;
         }
+        if died() {
+            result.succeeded_dead = true;
+        }
         if let Op::Flush = op {
             result.stable = current.clone();
             result.dirty.clear();
             result.sizes = vec![current.size];
         }
     }
-    match image.close() {
+    // `flush` then drop rather than `close`: `close` drops the image, whose
+    // `Drop` flushes once more, so a fault seen after `close` returned may
+    // have fired in that second flush.
+    match image.flush() {
         Ok(()) => {
+            result.succeeded_dead |= died();
             result.stable = current.clone();
             result.dirty.clear();
             result.sizes = vec![current.size];
@@ -541,10 +614,10 @@ pub fn qemu_check(path: &Path) -> Result<u64, String> {
     })?;
     let get = |key: &str| json.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
     if get("corruptions") > 0 || get("check-errors") > 0 {
+        let compact: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
         return Err(format!(
-            "qemu-img check: {}{}",
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr)
+            "qemu-img check: {compact} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(get("leaks"))
@@ -573,6 +646,24 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> Option<(u64, u64)> {
     let start = a.0.max(b.0);
     let end = a.1.min(b.1);
     (start < end).then_some((start, end))
+}
+
+/// The parts of `[a, b)` outside every `dirty` range.
+fn clean_segments(dirty: &[(u64, u64)], a: u64, b: u64) -> Vec<(u64, u64)> {
+    let mut cuts: Vec<(u64, u64)> = dirty.iter().filter_map(|&d| overlaps(d, (a, b))).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = a;
+    for (s, e) in cuts {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < b {
+        out.push((at, b));
+    }
+    out
 }
 
 /// Opens the crashed disk read-only with the engine and compares every
@@ -606,19 +697,17 @@ pub fn verify_content(w: &Workload, bytes: Vec<u8>, run: &RunResult) -> Result<(
                 .read_at(&mut got, pos)
                 .map_err(|e| format!("engine read of {n} bytes at {pos:#x} failed: {e}"))?;
             let want = run.stable.read(pos, n);
-            let mut skip = vec![false; n as usize];
-            for &d in &run.dirty {
-                if let Some((s, e)) = overlaps(d, (pos, pos + n)) {
-                    skip[(s - pos) as usize..(e - pos) as usize].fill(true);
+            for (s, e) in clean_segments(&run.dirty, pos, pos + n) {
+                let (s, e) = ((s - pos) as usize, (e - pos) as usize);
+                if got[s..e] != want[s..e] {
+                    let i = (s..e).find(|&i| got[i] != want[i]).unwrap_or(s);
+                    return Err(format!(
+                        "guest byte {:#x} reads {:#04x}, flushed content is {:#04x}",
+                        pos + i as u64,
+                        got[i],
+                        want[i]
+                    ));
                 }
-            }
-            if let Some(i) = (0..n as usize).find(|&i| !skip[i] && got[i] != want[i]) {
-                return Err(format!(
-                    "guest byte {:#x} reads {:#04x}, flushed content is {:#04x}",
-                    pos + i as u64,
-                    got[i],
-                    want[i]
-                ));
             }
             pos += n;
         }
@@ -647,9 +736,9 @@ pub struct Caps {
 impl Default for Caps {
     fn default() -> Self {
         Self {
-            metadata: 20,
-            data: 6,
-            flushes: 30,
+            metadata: 12,
+            data: 4,
+            flushes: 16,
             random_subsets: 2,
         }
     }
@@ -676,6 +765,11 @@ pub struct Summary {
     pub faults: u64,
     pub disks: u64,
     pub failures: Vec<String>,
+    /// Time spent re-running the workload, in `qemu-img check`, in the
+    /// engine's check and reading back content.
+    pub times: [Duration; 4],
+    /// The image the clean run left.
+    pub clean_image: Vec<u8>,
 }
 
 /// Runs `w` cleanly, then once per sampled event and effect with that
@@ -687,7 +781,7 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
 
     // 1. The clean run: counts events and must leave a clean image.
     let clean = Arc::new(FaultStorage::new(VolatileStorage::new(w.start.clone())));
-    let run = run_workload(w, clean.clone());
+    let run = run_workload(w, clean.clone(), &|| false);
     if let Some(e) = &run.error {
         summary
             .failures
@@ -701,6 +795,7 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
     let path = dir.join(format!("{}.qcow2", w.name));
     let bytes = clean.inner().crash_image(Survivors::All);
     std::fs::write(&path, &bytes).expect("write image");
+    summary.clean_image = bytes.clone();
     match qemu_check(&path) {
         Ok(0) => {}
         Ok(leaks) => summary
@@ -737,7 +832,12 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
             fault,
         ));
         let label = format!("{}: {fault}", w.name);
-        let run = match catch_unwind(AssertUnwindSafe(|| run_workload(w, storage.clone()))) {
+        let t = Instant::now();
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            run_workload(w, storage.clone(), &|| storage.fired())
+        }));
+        summary.times[0] += t.elapsed();
+        let run = match caught {
             Ok(run) => run,
             Err(panic) => {
                 let msg = panic
@@ -758,9 +858,10 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
             continue;
         }
         match &run.error {
-            None => summary.failures.push(format!(
-                "{label}: the workload succeeded although the storage died"
+            None if run.succeeded_dead => summary.failures.push(format!(
+                "{label}: a step succeeded although the storage had died"
             )),
+            None => {}
             Some(e) if !e.contains("injected storage fault") && !e.contains("dead after") => {
                 summary
                     .failures
@@ -778,22 +879,34 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
         for survivors in variants {
             summary.disks += 1;
             let bytes = storage.inner().crash_image(survivors);
-            let label = format!("{label}, unflushed writes surviving: {survivors:?}");
+            let label = format!(
+                "{label}, unflushed writes surviving: {survivors:?} [{} ]",
+                storage.inner().describe_pending(survivors)
+            );
             std::fs::write(&path, &bytes).expect("write image");
-            if let Err(e) = qemu_check(&path) {
+            let t = Instant::now();
+            let qemu = qemu_check(&path);
+            summary.times[1] += t.elapsed();
+            if let Err(e) = qemu {
                 summary.failures.push(format!("{label}: {e}"));
                 continue;
             }
-            if let Err(e) = engine_check(&bytes) {
+            let t = Instant::now();
+            let engine = engine_check(&bytes);
+            summary.times[2] += t.elapsed();
+            if let Err(e) = engine {
                 summary.failures.push(format!("{label}: {e}"));
             }
-            if let Err(e) = verify_content(w, bytes, &run) {
+            let t = Instant::now();
+            let content = verify_content(w, bytes, &run);
+            summary.times[3] += t.elapsed();
+            if let Err(e) = content {
                 summary.failures.push(format!("{label}: {e}"));
             }
         }
     }
     eprintln!(
-        "crash {}: writes {:?}, flushes {}, {} faults, {} disks checked, {} failures, {:.1?}",
+        "crash {}: writes {:?}, flushes {}, {} faults, {} disks checked, {} failures, {:.1?} (run {:.1?}, qemu-img {:.1?}, check {:.1?}, read {:.1?})",
         w.name,
         summary
             .writes
@@ -804,7 +917,11 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
         summary.faults,
         summary.disks,
         summary.failures.len(),
-        started.elapsed()
+        started.elapsed(),
+        summary.times[0],
+        summary.times[1],
+        summary.times[2],
+        summary.times[3],
     );
     summary
 }
