@@ -475,20 +475,23 @@ impl Refcounts {
             self.make_room(storage)?;
             self.table[index as usize] = Some(offset);
             self.table_dirty = true;
-            self.blocks.insert(
-                index,
-                CachedBlock {
-                    offset,
-                    data: vec![0; self.geometry.cluster_size() as usize],
-                    dirty: true,
-                    last_use: self.clock,
-                },
-            );
+            self.insert_zeroed_block(index, offset);
         }
         for i in 0..indices.len() as u64 {
             self.set(storage, ClusterIndex(at + i), 1)?;
         }
         Ok(())
+    }
+
+    /// Caches a new, all-zero block for table index `index` at `offset`.
+    fn insert_zeroed_block(&mut self, index: u64, offset: HostOffset) {
+        let block = CachedBlock {
+            offset,
+            data: vec![0; self.geometry.cluster_size() as usize],
+            dirty: true,
+            last_use: self.clock,
+        };
+        self.blocks.insert(index, block);
     }
 
     /// Replaces the table by a larger one of at least `min_entries` entries,
@@ -536,15 +539,7 @@ impl Refcounts {
             if self.table[index as usize].is_none() {
                 let offset = self.offset_of(next)?;
                 self.table[index as usize] = Some(offset);
-                self.blocks.insert(
-                    index,
-                    CachedBlock {
-                        offset,
-                        data: vec![0; self.geometry.cluster_size() as usize],
-                        dirty: true,
-                        last_use: self.clock,
-                    },
-                );
+                self.insert_zeroed_block(index, offset);
                 placed.push(next);
                 next += 1;
             }

@@ -34,7 +34,7 @@ use qcow2_format::{ClusterGeometry, HeaderArea};
 use qcow2_io::{FileStorage, Storage, WriteKind};
 
 use crate::error::{ImageError, Result};
-use crate::image::Image;
+use crate::image::{read_area, Image};
 use crate::meta::sync;
 use crate::options::{BackingMode, OpenOptions};
 
@@ -135,20 +135,6 @@ impl Image {
         let plan = Plan::new(&*storage, &area, options)?;
         plan.run(storage, options)
     }
-}
-
-/// The header area on `storage`, with its first cluster length.
-fn read_area(storage: &dyn Storage) -> Result<HeaderArea> {
-    let file_len = storage
-        .len()
-        .map_err(|e| ImageError::io("reading the file length", 0, e))?;
-    let mut first = vec![0u8; file_len.clamp(72, 2 << 20) as usize];
-    storage
-        .read_at(&mut first, 0)
-        .map_err(|e| ImageError::io("reading the header", 0, e))?;
-    let header = qcow2_format::Header::parse(&first)?;
-    first.truncate(header.geometry()?.cluster_size() as usize);
-    Ok(HeaderArea::parse(&first)?)
 }
 
 /// Bytes the header area takes on disk now: the serialized area or the

@@ -87,17 +87,8 @@ impl Image {
         depth: u32,
         repaired: bool,
     ) -> Result<Self> {
-        let file_len = storage
-            .len()
-            .map_err(|e| ImageError::io("reading the file length", 0, e))?;
-        let mut first = vec![0u8; file_len.clamp(72, 2 << 20) as usize];
-        storage
-            .read_at(&mut first, 0)
-            .map_err(|e| ImageError::io("reading the header", 0, e))?;
-        let header = qcow2_format::Header::parse(&first)?;
-        let geometry = header.geometry()?;
-        first.truncate(geometry.cluster_size() as usize);
-        let mut area = HeaderArea::parse(&first)?;
+        let mut area = read_area(&*storage)?;
+        let geometry = area.header.geometry()?;
         let lookup = |name: &str| -> Option<u8> {
             Registry::builtin()
                 .info(name)
@@ -373,6 +364,21 @@ impl BackingSource for Image {
         let inside = Image::size(self).saturating_sub(offset).min(len);
         Image::block_status(self, offset, inside)
     }
+}
+
+/// The header area on `storage`: the first cluster (or the whole file
+/// when shorter), parsed once the header says how long a cluster is.
+pub(crate) fn read_area(storage: &dyn Storage) -> Result<HeaderArea> {
+    let file_len = storage
+        .len()
+        .map_err(|e| ImageError::io("reading the file length", 0, e))?;
+    let mut first = vec![0u8; file_len.clamp(72, 2 << 20) as usize];
+    storage
+        .read_at(&mut first, 0)
+        .map_err(|e| ImageError::io("reading the header", 0, e))?;
+    let header = qcow2_format::Header::parse(&first)?;
+    first.truncate(header.geometry()?.cluster_size() as usize);
+    Ok(HeaderArea::parse(&first)?)
 }
 
 fn unsupported(what: &str) -> ImageError {

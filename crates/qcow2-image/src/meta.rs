@@ -254,6 +254,22 @@ impl Meta {
         }
     }
 
+    /// Unmaps guest cluster `cluster` (unallocated, no zero flag) and queues
+    /// dropping what it referenced; nothing happens when it already is.
+    pub fn unmap(
+        &mut self,
+        storage: &dyn Storage,
+        cluster: u64,
+        old: ExtendedL2Mapping,
+    ) -> Result<()> {
+        let none = ExtendedL2Mapping::Unallocated { zero: 0 };
+        if old != none {
+            self.set_mapping(storage, cluster, none)?;
+            self.release_mapping(old)?;
+        }
+        Ok(())
+    }
+
     /// Queues dropping the references `mapping` holds.
     pub fn release_mapping(&mut self, mapping: ExtendedL2Mapping) -> Result<()> {
         match mapping {

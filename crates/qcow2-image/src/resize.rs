@@ -3,7 +3,6 @@
 use std::sync::PoisonError;
 
 use qcow2_format::tables::l1::L1Entry;
-use qcow2_format::tables::l2_extended::ExtendedL2Mapping;
 
 use crate::error::{ImageError, Result};
 use crate::image::{check_l1_fits, Image};
@@ -73,14 +72,7 @@ impl Image {
                 continue;
             }
             let old = meta.mapping(&*self.storage, cluster)?;
-            if old != (ExtendedL2Mapping::Unallocated { zero: 0 }) {
-                meta.set_mapping(
-                    &*self.storage,
-                    cluster,
-                    ExtendedL2Mapping::Unallocated { zero: 0 },
-                )?;
-                meta.release_mapping(old)?;
-            }
+            meta.unmap(&*self.storage, cluster, old)?;
             cluster += 1;
         }
         // L2 tables wholly beyond the end go too; the L1 keeps its size.

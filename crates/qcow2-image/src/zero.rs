@@ -116,15 +116,7 @@ impl Image {
                 }
                 _ => {}
             }
-            if old != (ExtendedL2Mapping::Unallocated { zero: 0 }) {
-                meta.set_mapping(
-                    &*self.storage,
-                    cluster,
-                    ExtendedL2Mapping::Unallocated { zero: 0 },
-                )?;
-                meta.release_mapping(old)?;
-            }
-            return Ok(());
+            return meta.unmap(&*self.storage, cluster, old);
         }
         let allocated_before = !matches!(old, ExtendedL2Mapping::Unallocated { zero: 0 });
         let new = match (old, mode) {
