@@ -1,9 +1,11 @@
 //! `cargo xtask`: project automation.
 //!
-//! Subcommands: `conformance [--json]`, `golden [--check]`, `fuzz [--seconds N]`, `bench codecs`.
+//! Subcommands: `conformance [--json]`, `golden [--check]`, `fuzz [--seconds N]`, `bench codecs`,
+//! `bench engine`.
 #![forbid(unsafe_code)]
 
 mod bench_codecs;
+mod bench_engine;
 mod conformance;
 mod fuzz;
 mod golden;
@@ -18,7 +20,10 @@ fn main() -> ExitCode {
         Some("golden") => golden::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("codecs") => bench_codecs::run(&args[2..]),
-            other => Err(format!("unknown bench {other:?}; available: codecs")),
+            Some("engine") => bench_engine::run(&args[2..]),
+            other => Err(format!(
+                "unknown bench {other:?}; available: codecs, engine"
+            )),
         },
         _ => Err(usage()),
     };
@@ -32,5 +37,5 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs>".to_string()
+    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs | bench engine>".to_string()
 }
