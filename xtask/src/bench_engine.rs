@@ -898,7 +898,7 @@ fn reads_part(
         .block_status(0, image.size())
         .map_err(|e| format!("{}: {e}", image_path.display()))?
         .iter()
-        .filter(|e| e.kind == ExtentKind::Unallocated)
+        .filter(|e| matches!(e.kind, ExtentKind::Unallocated { .. }))
         .map(|e| e.length)
         .sum();
     let unallocated_share = unallocated as f64 / image.size() as f64;

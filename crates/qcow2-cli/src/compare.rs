@@ -208,7 +208,7 @@ fn flags(kind: ExtentKind) -> (bool, bool, bool, bool) {
         ExtentKind::Data { offset } => (true, true, false, offset.is_some()),
         ExtentKind::Compressed => (true, true, false, false),
         ExtentKind::Zero { offset } => (true, false, true, offset.is_some()),
-        ExtentKind::Unallocated => (false, false, true, false),
+        ExtentKind::Unallocated { offset } => (false, false, true, offset.is_some()),
     }
 }
 

@@ -20,6 +20,9 @@ pub(crate) enum Source {
     ZeroAt(u64),
     /// The backing image at this guest offset (zeros without one).
     Backing(u64),
+    /// Like `Backing`, inside a host cluster that is allocated for other
+    /// subclusters (at this host offset).
+    BackingAt(u64, u64),
     /// The image file at this host offset.
     Data(u64),
     /// Bytes from `skip` on of the cluster this descriptor decodes to.
@@ -49,6 +52,9 @@ fn push(plan: &mut Vec<Piece>, len: u64, source: Source) {
             (Source::Zero, Source::Zero) => true,
             (Source::ZeroAt(a), Source::ZeroAt(b)) => a + last.len == b,
             (Source::Backing(a), Source::Backing(b)) => a + last.len == b,
+            (Source::BackingAt(a, x), Source::BackingAt(b, y)) => {
+                a + last.len == b && x + last.len == y
+            }
             (Source::Data(a), Source::Data(b)) => a + last.len == b,
             _ => false,
         };
@@ -105,6 +111,9 @@ pub(crate) fn run_source(
             Source::ZeroAt(host.offset.get() + within)
         }
         (1, _) => Source::Zero,
+        (_, ExtendedL2Mapping::Allocated { host, .. }) => {
+            Source::BackingAt(cluster_start + within, host.offset.get() + within)
+        }
         _ => Source::Backing(cluster_start + within),
     };
     (source, len)
@@ -144,7 +153,7 @@ pub(crate) fn execute(plan: &[Piece], buf: &mut [u8], readers: &Readers<'_>) -> 
         let out = &mut buf[at..at + piece.len as usize];
         match piece.source {
             Source::Zero | Source::ZeroAt(_) => out.fill(0),
-            Source::Backing(guest) => match readers.backing {
+            Source::Backing(guest) | Source::BackingAt(guest, _) => match readers.backing {
                 Some(backing) => backing.read_at(out, guest)?,
                 None => out.fill(0),
             },

@@ -24,7 +24,11 @@ pub enum ExtentKind {
         offset: Option<u64>,
     },
     /// Not allocated anywhere in the chain: reads as zeros.
-    Unallocated,
+    Unallocated {
+        /// A host cluster of this image allocated for other subclusters
+        /// that holds the range (extended L2), if any.
+        offset: Option<u64>,
+    },
 }
 
 /// One range of the guest disk with a uniform status.
@@ -50,9 +54,11 @@ pub(crate) fn push_extent(out: &mut Vec<Extent>, extent: Extent) {
             && last.start + last.length == extent.start
             && match (last.kind, extent.kind) {
                 (ExtentKind::Data { offset: Some(a) }, ExtentKind::Data { offset: Some(b) })
-                | (ExtentKind::Zero { offset: Some(a) }, ExtentKind::Zero { offset: Some(b) }) => {
-                    a + last.length == b
-                }
+                | (ExtentKind::Zero { offset: Some(a) }, ExtentKind::Zero { offset: Some(b) })
+                | (
+                    ExtentKind::Unallocated { offset: Some(a) },
+                    ExtentKind::Unallocated { offset: Some(b) },
+                ) => a + last.length == b,
                 (a, b) => a == b,
             };
         if continues {
@@ -80,7 +86,7 @@ impl Image {
                 Source::ZeroAt(host) => Some(ExtentKind::Zero { offset: Some(host) }),
                 Source::Data(host) => Some(ExtentKind::Data { offset: Some(host) }),
                 Source::Compressed { .. } => Some(ExtentKind::Compressed),
-                Source::Backing(_) => None,
+                Source::Backing(_) | Source::BackingAt(..) => None,
             };
             match (kind, &self.backing) {
                 (Some(kind), _) => push_extent(
@@ -113,20 +119,26 @@ impl Image {
                                 start: pos + covered,
                                 length: piece.len - covered,
                                 depth: 0,
-                                kind: ExtentKind::Unallocated,
+                                kind: ExtentKind::Unallocated { offset: None },
                             },
                         );
                     }
                 }
-                (None, None) => push_extent(
-                    &mut out,
-                    Extent {
-                        start: pos,
-                        length: piece.len,
-                        depth: 0,
-                        kind: ExtentKind::Unallocated,
-                    },
-                ),
+                (None, None) => {
+                    let offset = match piece.source {
+                        Source::BackingAt(_, host) => Some(host),
+                        _ => None,
+                    };
+                    push_extent(
+                        &mut out,
+                        Extent {
+                            start: pos,
+                            length: piece.len,
+                            depth: 0,
+                            kind: ExtentKind::Unallocated { offset },
+                        },
+                    )
+                }
             }
             pos += piece.len;
         }

@@ -146,7 +146,7 @@ fn print_map(disk: &Disk, out: &mut impl Write) -> Result<(), CliError> {
     while pos < size {
         let len = (size - pos).min(256 << 20);
         for e in disk.extents(pos, len)? {
-            let allocated = e.depth == 0 && e.kind != ExtentKind::Unallocated;
+            let allocated = e.depth == 0 && !matches!(e.kind, ExtentKind::Unallocated { .. });
             run = match run {
                 Some((start, length, a)) if a == allocated => Some((start, length + e.length, a)),
                 Some((start, length, a)) => {

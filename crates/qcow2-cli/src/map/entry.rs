@@ -54,7 +54,8 @@ impl Entry {
                 offset,
                 ..base
             },
-            ExtentKind::Unallocated => Entry {
+            ExtentKind::Unallocated { offset } => Entry {
+                offset,
                 present: false,
                 zero: true,
                 ..base
