@@ -131,7 +131,6 @@ fn progress_goes_to_stderr() {
 /// qemu-img sees the holes of a sparse raw file (SEEK_HOLE) and reports
 /// them as zero in strict mode; we treat a raw file as data throughout.
 #[test]
-#[ignore = "gap: raw files have no hole detection (SEEK_DATA/SEEK_HOLE) in RawDisk or the engine's RawBacking"]
 fn strict_mode_on_sparse_raw_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -279,7 +279,6 @@ fn partial_subclusters() {
 
 /// QEMU finds holes in raw files (SEEK_HOLE) and reports them as zero.
 #[test]
-#[ignore = "engine gap: RawBacking::block_status reports the whole raw file as data (qemu-img map reports holes as zero, present, with offsets)"]
 fn raw_backing_with_holes() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

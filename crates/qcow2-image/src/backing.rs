@@ -38,6 +38,47 @@ pub trait BackingSource: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Status of `[offset, offset + len)` of a raw file on `storage` (clipped
+/// to `size`): data where the file has data, zeros (with their offset)
+/// where it has holes, as QEMU reports raw files.
+pub fn raw_block_status(
+    storage: &dyn Storage,
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<Extent>> {
+    let end = offset.saturating_add(len).min(size);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let (data, run_end) = storage
+            .data_run(pos)
+            .map_err(|e| ImageError::io("looking for holes", pos, e))?;
+        // A back end that makes no progress is treated as data to the end.
+        let (data, stop) = if run_end > pos {
+            (data, run_end.min(end))
+        } else {
+            (true, end)
+        };
+        let kind = if data {
+            ExtentKind::Data { offset: Some(pos) }
+        } else {
+            ExtentKind::Zero { offset: Some(pos) }
+        };
+        crate::status::push_extent(
+            &mut out,
+            Extent {
+                start: pos,
+                length: stop - pos,
+                depth: 0,
+                kind,
+            },
+        );
+        pos = stop;
+    }
+    Ok(out)
+}
+
 /// A raw file used as a backing image.
 pub struct RawBacking {
     storage: Arc<dyn Storage>,
@@ -86,6 +127,10 @@ impl BackingSource for RawBacking {
 
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        raw_block_status(&*self.storage, self.size, offset, len)
     }
 }
 

@@ -27,7 +27,7 @@ mod write;
 mod zero;
 
 pub use amend::{AmendOptions, AmendReport, Compat};
-pub use backing::{resolve_backing_path, BackingSource, RawBacking};
+pub use backing::{raw_block_status, resolve_backing_path, BackingSource, RawBacking};
 pub use error::{ImageError, Result};
 pub use image::Image;
 pub use options::{BackingMode, CreateOptions, OpenOptions, Preallocation};

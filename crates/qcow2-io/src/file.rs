@@ -73,4 +73,25 @@ impl Storage for FileStorage {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
+
+    fn data_run(&self, offset: u64) -> io::Result<(bool, u64)> {
+        use rustix::fs::{seek, SeekFrom};
+        let len = self.len()?;
+        if offset >= len {
+            return Ok((false, offset));
+        }
+        // Only the file position moves; all I/O here is positioned.
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(data) if data > offset => Ok((false, data.min(len))),
+            Ok(_) => {
+                let hole = seek(&self.file, SeekFrom::Hole(offset)).map_err(io::Error::from)?;
+                Ok((true, hole.min(len)))
+            }
+            // No data after `offset`: a hole up to the end.
+            Err(rustix::io::Errno::NXIO) => Ok((false, len)),
+            // File systems without SEEK_DATA: all data.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok((true, len)),
+            Err(e) => Err(e.into()),
+        }
+    }
 }

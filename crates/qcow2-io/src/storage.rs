@@ -79,6 +79,13 @@ pub trait Storage: Send + Sync {
         Ok(false)
     }
 
+    /// Whether `offset` lies in data (`true`) or in a hole that reads as
+    /// zeros (`false`), and where that run ends (at most [`Storage::len`]).
+    /// Back ends that cannot tell report data up to the end.
+    fn data_run(&self, offset: u64) -> io::Result<(bool, u64)> {
+        Ok((true, self.len()?.max(offset)))
+    }
+
     /// Writes `len` zero bytes at `offset`.
     fn write_zeroes(&self, offset: u64, len: u64, kind: WriteKind) -> io::Result<()> {
         const CHUNK: u64 = 1 << 20;
@@ -116,6 +123,9 @@ macro_rules! forward_storage {
             }
             fn write_zeroes(&self, offset: u64, len: u64, kind: WriteKind) -> io::Result<()> {
                 (**self).write_zeroes(offset, len, kind)
+            }
+            fn data_run(&self, offset: u64) -> io::Result<(bool, u64)> {
+                (**self).data_run(offset)
             }
         }
     )*};

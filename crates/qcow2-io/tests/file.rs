@@ -140,3 +140,37 @@ fn positioned_io_from_several_threads() {
         );
     }
 }
+
+#[test]
+fn data_runs_cover_the_file_and_holes_read_as_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.raw");
+    let storage = FileStorage::create(&path, false).unwrap();
+    let len = 4u64 << 20;
+    storage.set_len(len).unwrap();
+    storage
+        .write_at(&vec![0xabu8; 65536], 2 << 20, WriteKind::Data)
+        .unwrap();
+    let mut pos = 0;
+    let mut data_seen = Vec::new();
+    while pos < len {
+        let (data, end) = storage.data_run(pos).unwrap();
+        assert!(end > pos && end <= len, "run from {pos} ends at {end}");
+        if data {
+            data_seen.push((pos, end));
+        } else {
+            let mut buf = vec![1u8; (end - pos) as usize];
+            storage.read_at(&mut buf, pos).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "hole at {pos}..{end} reads zeros");
+        }
+        pos = end;
+    }
+    let written = 2u64 << 20..(2 << 20) + 65536;
+    assert!(
+        data_seen
+            .iter()
+            .any(|&(a, b)| a <= written.start && written.end <= b),
+        "the written range is reported as data: {data_seen:?}"
+    );
+    assert_eq!(storage.data_run(len).unwrap(), (false, len), "past the end");
+}

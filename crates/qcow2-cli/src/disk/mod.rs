@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
-use qcow2_image::{Extent, ExtentKind, Image};
+use qcow2_image::{Extent, Image};
 
 use crate::error::CliError;
 pub use raw::RawDisk;
@@ -197,21 +197,7 @@ impl Disk {
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, CliError> {
         match &self.backend {
             Backend::Qcow2(image) => image.block_status(offset, len).map_err(|e| self.wrap(e)),
-            Backend::Raw(raw) => {
-                let len = len.min(raw.size().saturating_sub(offset));
-                Ok(if len == 0 {
-                    Vec::new()
-                } else {
-                    vec![Extent {
-                        start: offset,
-                        length: len,
-                        depth: 0,
-                        kind: ExtentKind::Data {
-                            offset: Some(offset),
-                        },
-                    }]
-                })
-            }
+            Backend::Raw(raw) => raw.extents(offset, len).map_err(|e| self.wrap(e)),
         }
     }
 }

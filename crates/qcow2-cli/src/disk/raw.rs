@@ -39,6 +39,11 @@ impl RawDisk {
         })
     }
 
+    /// Data and holes of `[offset, offset + len)`, clipped to the disk.
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<qcow2_image::Extent>, ImageError> {
+        qcow2_image::raw_block_status(&self.storage, self.size(), offset, len)
+    }
+
     /// Virtual size (the file length).
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
