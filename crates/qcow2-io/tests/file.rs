@@ -161,7 +161,10 @@ fn data_runs_cover_the_file_and_holes_read_as_zeros() {
         } else {
             let mut buf = vec![1u8; (end - pos) as usize];
             storage.read_at(&mut buf, pos).unwrap();
-            assert!(buf.iter().all(|&b| b == 0), "hole at {pos}..{end} reads zeros");
+            assert!(
+                buf.iter().all(|&b| b == 0),
+                "hole at {pos}..{end} reads zeros"
+            );
         }
         pos = end;
     }
