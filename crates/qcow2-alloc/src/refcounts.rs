@@ -10,7 +10,7 @@
 //!   tables that dropped the references are durable. A released cluster
 //!   therefore cannot be reused while a durable reference to it may remain.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use qcow2_format::header::MAX_REFTABLE_BYTES;
 use qcow2_format::tables::refcount::{self, RefcountBlock, RefcountOrder, RefcountTableEntry};
@@ -50,6 +50,9 @@ pub struct Refcounts {
     location: TableLocation,
     /// Block offsets by table index (`None` = no block: all refcounts 0).
     table: Vec<Option<HostOffset>>,
+    /// The same offsets as a set, so a data write can be checked against
+    /// them without scanning the table.
+    block_offsets: HashSet<HostOffset>,
     table_dirty: bool,
     /// The table the header still points at after a growth, freed once the
     /// header has been rewritten.
@@ -153,12 +156,14 @@ impl Refcounts {
     ) -> Self {
         // About 32 MiB of cached blocks, and never fewer than 16.
         let max_cached_blocks = ((32u64 << 20) / geometry.cluster_size()).max(16) as usize;
+        let block_offsets = table.iter().flatten().copied().collect();
         Self {
             geometry,
             order,
             per_block: order.entries_per_block(geometry),
             location,
             table,
+            block_offsets,
             table_dirty: false,
             replaced_table: None,
             blocks: HashMap::new(),
@@ -178,7 +183,7 @@ impl Refcounts {
     /// Whether a refcount block lives at `offset` (a data write there
     /// would corrupt the refcounts).
     pub fn is_block(&self, offset: HostOffset) -> bool {
-        self.table.contains(&Some(offset))
+        self.block_offsets.contains(&offset)
     }
 
     /// The refcount width.
@@ -473,14 +478,20 @@ impl Refcounts {
         for (i, &index) in indices.iter().enumerate() {
             let offset = self.offset_of(at + i as u64)?;
             self.make_room(storage)?;
-            self.table[index as usize] = Some(offset);
-            self.table_dirty = true;
+            self.set_table_entry(index, offset);
             self.insert_zeroed_block(index, offset);
         }
         for i in 0..indices.len() as u64 {
             self.set(storage, ClusterIndex(at + i), 1)?;
         }
         Ok(())
+    }
+
+    /// Points table entry `index` (within the table) at a new block.
+    fn set_table_entry(&mut self, index: u64, offset: HostOffset) {
+        self.table[index as usize] = Some(offset);
+        self.block_offsets.insert(offset);
+        self.table_dirty = true;
     }
 
     /// Caches a new, all-zero block for table index `index` at `offset`.
@@ -538,7 +549,7 @@ impl Refcounts {
         for index in first..=last {
             if self.table[index as usize].is_none() {
                 let offset = self.offset_of(next)?;
-                self.table[index as usize] = Some(offset);
+                self.set_table_entry(index, offset);
                 self.insert_zeroed_block(index, offset);
                 placed.push(next);
                 next += 1;

@@ -9,14 +9,14 @@ use qcow2_alloc::Refcounts;
 use qcow2_codec::{Codec, Registry};
 use qcow2_format::features as feat;
 use qcow2_format::tables::l1::MAX_L1_ENTRIES;
-use qcow2_format::{HeaderArea, HostOffset};
+use qcow2_format::HeaderArea;
 use qcow2_io::{FileStorage, Storage};
 
 use crate::backing::{resolve_backing_path, BackingSource, RawBacking};
 use crate::error::{ImageError, Result};
 use crate::l2_cache::L2Cache;
 use crate::layout::Layout;
-use crate::meta::Meta;
+use crate::meta::{words_from_bytes, Meta};
 use crate::options::{BackingMode, OpenOptions};
 use crate::plan::{self, Readers};
 
@@ -164,10 +164,7 @@ impl Image {
         storage
             .read_at(&mut l1_bytes, h.l1_table_offset.get())
             .map_err(|e| ImageError::io("reading the L1 table", h.l1_table_offset.get(), e))?;
-        let l1: Vec<u64> = l1_bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
+        let l1 = words_from_bytes(&l1_bytes);
         let refcounts = match Refcounts::load(&*storage, h) {
             Ok(r) => r,
             Err(e) if options.writable => return Err(e.into()),
@@ -327,11 +324,6 @@ impl Image {
         } else {
             Err(ImageError::ReadOnly { reason: None })
         }
-    }
-
-    /// Host offset of the L1 table (for tests and tools).
-    pub fn l1_table_offset(&self) -> HostOffset {
-        self.lock_meta().area.header.l1_table_offset
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) struct Meta {
 }
 
 /// Words of an L2 table read from disk, in native order.
-fn words_from_bytes(bytes: &[u8]) -> Vec<u64> {
+pub(crate) fn words_from_bytes(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
