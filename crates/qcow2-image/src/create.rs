@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use qcow2_alloc::Refcounts;
-use qcow2_format::extensions::{Extension, ExtensionChain};
+use qcow2_format::extensions::{CompressFormat, Extension, ExtensionChain};
 use qcow2_format::features as feat;
 use qcow2_format::tables::refcount::RefcountOrder;
 use qcow2_format::{ClusterGeometry, Header, HeaderArea};
@@ -71,6 +71,9 @@ fn validate(options: &CreateOptions) -> Result<(ClusterGeometry, RefcountOrder)>
     if options.compression_type > 1 {
         return Err(invalid("compression_type", "use 0 (zlib) or 1 (zstd)"));
     }
+    if let Some((name, level)) = &options.compress_format {
+        check_compress_format(options, name, *level)?;
+    }
     if options.backing_format.is_some() && options.backing_file.is_none() {
         return Err(invalid(
             "backing_fmt",
@@ -81,6 +84,35 @@ fn validate(options: &CreateOptions) -> Result<(ClusterGeometry, RefcountOrder)>
         return Err(invalid("preallocation", "not with a backing file"));
     }
     Ok((geometry, order))
+}
+
+/// Checks a seed compress format choice: a known codec, a level it has,
+/// a version 3 image and no QEMU compression type beside it (CF-CONFLICT).
+fn check_compress_format(options: &CreateOptions, name: &str, level: u8) -> Result<()> {
+    let registry = qcow2_codec::Registry::builtin();
+    let info = registry
+        .info(name)
+        .map_err(|e| invalid("compress_format", e.to_string()))?;
+    let max = info.levels().max();
+    if level > max {
+        return Err(invalid(
+            "compress_level",
+            format!("{level} is above {name}'s highest level {max} (0 = default)"),
+        ));
+    }
+    if options.version != 3 {
+        return Err(invalid(
+            "compat",
+            "a compress format needs version 3 (compat=1.1)",
+        ));
+    }
+    if options.compression_type != 0 {
+        return Err(invalid(
+            "compress_format",
+            "give either compression_type or a compress format, not both",
+        ));
+    }
+    Ok(())
 }
 
 impl Image {
@@ -141,6 +173,10 @@ impl Image {
             header.compatible_features |= feat::COMPAT_LAZY_REFCOUNTS;
         }
         let mut extensions = Vec::new();
+        if let Some((name, level)) = &options.compress_format {
+            header.incompatible_features |= feat::INCOMPAT_BIT2;
+            extensions.push(Extension::CompressFormat(CompressFormat::new(name, *level)?));
+        }
         if let Some(format) = &options.backing_format {
             extensions.push(Extension::BackingFormat(format.clone()));
         }

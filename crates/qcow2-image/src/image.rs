@@ -171,9 +171,15 @@ impl Image {
             // Reads never need refcounts: a damaged table must not hide data.
             Err(_) => Refcounts::detached(geometry, h.refcount_order),
         };
+        let registry = Registry::builtin();
         let codec = match area.compress_format() {
-            Some(cf) => Registry::builtin().by_name(&cf.name, 0).ok(),
-            None => Registry::builtin().by_qemu_type(h.compression_type).ok(),
+            // A level this build cannot use still decodes (CF-LEVEL: such
+            // images open read-only).
+            Some(cf) => registry
+                .by_name(&cf.name, cf.level)
+                .or_else(|_| registry.by_name(&cf.name, 0))
+                .ok(),
+            None => registry.by_qemu_type(h.compression_type).ok(),
         };
         let backing = open_backing(&area, &options.backing, depth)?;
         let header_len = area.to_bytes().map(|b| b.len()).unwrap_or(0);
@@ -188,6 +194,7 @@ impl Image {
             header_dirty: false,
             header_len,
             poisoned: false,
+            compressed_cursor: None,
         };
         if options.writable && meta.area.header.autoclear_features != 0 {
             // We do not maintain bitmaps or anything else an autoclear bit

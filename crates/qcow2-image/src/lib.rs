@@ -13,6 +13,7 @@
 
 mod amend;
 mod backing;
+mod compress;
 mod create;
 mod error;
 mod image;

@@ -28,6 +28,10 @@ pub(crate) struct Meta {
     pub header_len: usize,
     /// Set when a metadata write failed: memory may be ahead of the file.
     pub poisoned: bool,
+    /// Where the next compressed stream may go: the end of the last one,
+    /// inside a host cluster that still holds it. `None` = start a fresh
+    /// host cluster.
+    pub compressed_cursor: Option<HostOffset>,
 }
 
 /// Words of an L2 table read from disk, in native order.
@@ -286,6 +290,14 @@ impl Meta {
                             offset: d.host_offset.get(),
                             reason: "compressed descriptor overflows".into(),
                         })?;
+                if let Some(cursor) = self.compressed_cursor {
+                    let at = self.layout.geometry.host_cluster(cursor).get();
+                    if (first.get()..first.get() + count).contains(&at) {
+                        // The cluster may be freed and reused: stop packing
+                        // into it.
+                        self.compressed_cursor = None;
+                    }
+                }
                 self.refcounts.release(first, count);
             }
         }

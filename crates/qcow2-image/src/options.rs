@@ -41,6 +41,11 @@ pub struct CreateOptions {
     pub preallocation: Preallocation,
     /// QEMU compression type (0 zlib, 1 zstd); 1 sets incompatible bit 3.
     pub compression_type: u8,
+    /// The seed compress format: codec name (`zlib`, `zstd`, `brotli`) and
+    /// level (0 = the codec's default). Writes incompatible bit 2 and
+    /// extension `0xC03183A3`; QEMU cannot open such images. Excludes a
+    /// non-zero `compression_type`.
+    pub compress_format: Option<(String, u8)>,
 }
 
 impl CreateOptions {
@@ -57,6 +62,7 @@ impl CreateOptions {
             backing_format: None,
             preallocation: Preallocation::Off,
             compression_type: 0,
+            compress_format: None,
         }
     }
 }
