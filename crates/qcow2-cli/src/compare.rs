@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::Args;
 use qcow2_image::{Extent, ExtentKind};
 
-use crate::convert::is_zero;
 use crate::disk::{Disk, Format};
 use crate::error::CliError;
 use crate::progress::Progress;
+use qcow2_image::is_zero;
 
 /// Bytes compared at a time.
 const CHUNK: u64 = 2 << 20;

@@ -105,14 +105,12 @@ impl Codec for Zlib {
                     reason: deflate.error_message().unwrap_or(e.as_str()).to_owned(),
                 }),
             };
-            if self.level == 1 {
-                // zlib-rs 0.6's reset leaves level 1's ("quick") open block
-                // behind after a stream stopped half-way, and the next stream
-                // overruns its pending buffer: drop that state instead.
-                *cached = None;
-            } else {
-                deflate.reset();
-            }
+            // zlib-rs 0.6's reset does not fully clear a stream stopped
+            // half-way (level 1 leaves its open block, other levels their
+            // pending bits), and a later stream overruns its pending buffer
+            // and panics: drop that state instead. Only clusters that do
+            // not compress pay for a fresh encoder.
+            *cached = None;
             result
         })
     }

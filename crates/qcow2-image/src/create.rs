@@ -115,6 +115,14 @@ fn check_compress_format(options: &CreateOptions, name: &str, level: u8) -> Resu
     Ok(())
 }
 
+impl CreateOptions {
+    /// Checks the options without creating anything: what
+    /// [`Image::create`] would refuse, it refuses here with the same error.
+    pub fn validate(&self) -> Result<()> {
+        validate(self).map(|_| ())
+    }
+}
+
 impl Image {
     /// Creates an image file at `path` (failing if it exists) and opens it
     /// read-write, with its backing file if any.
@@ -175,7 +183,9 @@ impl Image {
         let mut extensions = Vec::new();
         if let Some((name, level)) = &options.compress_format {
             header.incompatible_features |= feat::INCOMPAT_BIT2;
-            extensions.push(Extension::CompressFormat(CompressFormat::new(name, *level)?));
+            extensions.push(Extension::CompressFormat(CompressFormat::new(
+                name, *level,
+            )?));
         }
         if let Some(format) = &options.backing_format {
             extensions.push(Extension::BackingFormat(format.clone()));

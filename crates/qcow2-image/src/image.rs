@@ -179,7 +179,7 @@ impl Image {
                 .by_name(&cf.name, cf.level)
                 .or_else(|_| registry.by_name(&cf.name, 0))
                 .ok(),
-            None => registry.by_qemu_type(h.compression_type).ok(),
+            None => qemu_codec(&registry, h.compression_type),
         };
         let backing = open_backing(&area, &options.backing, depth)?;
         let header_len = area.to_bytes().map(|b| b.len()).unwrap_or(0);
@@ -458,6 +458,21 @@ pub(crate) fn check_l1_fits(layout: &Layout, size: u64) -> Result<u64> {
 }
 
 /// Feature bits of a header this engine would write.
+/// The codec of a QEMU compression type, at the level QEMU compresses
+/// with (zlib's default 6, zstd's default 3), so that what we write is the
+/// size QEMU's own output would be.
+fn qemu_codec(registry: &Registry, compression_type: u8) -> Option<Arc<dyn Codec>> {
+    let info = registry
+        .iter()
+        .find(|c| c.qemu_type() == Some(compression_type))?;
+    let level = match info.name() {
+        "zlib" => 6,
+        "zstd" => 3,
+        _ => 0,
+    };
+    info.build(level).ok()
+}
+
 pub(crate) fn incompatible_bits(extended_l2: bool, compression_type: u8) -> u64 {
     let mut bits = 0;
     if extended_l2 {

@@ -14,6 +14,7 @@
 mod amend;
 mod backing;
 mod compress;
+mod convert;
 mod create;
 mod error;
 mod image;
@@ -29,6 +30,7 @@ mod zero;
 
 pub use amend::{AmendOptions, AmendReport, Compat};
 pub use backing::{raw_block_status, resolve_backing_path, BackingSource, RawBacking};
+pub use convert::{is_zero, ConvertOptions, ConvertStats};
 pub use error::{ImageError, Result};
 pub use image::Image;
 pub use options::{BackingMode, CreateOptions, OpenOptions, Preallocation};

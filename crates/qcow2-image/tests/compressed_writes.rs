@@ -71,7 +71,9 @@ fn exercise(options: &CreateOptions, count: u64) {
     model[at..at + 100].copy_from_slice(&patch);
     // A compressed cluster replaced by another compressed one.
     let again = text(cs, 99, 3);
-    image.write_compressed(&again, 2 * cs as u64).expect("rewrite");
+    image
+        .write_compressed(&again, 2 * cs as u64)
+        .expect("rewrite");
     model[2 * cs..3 * cs].copy_from_slice(&again);
     image.discard(4 * cs as u64, cs as u64).expect("discard");
     model[4 * cs..5 * cs].fill(0);
@@ -270,10 +272,22 @@ fn qemu_reads_our_compressed_clusters() {
             let p = path.to_str().unwrap();
             run(
                 "qemu-img",
-                &["compare", "-f", "qcow2", "-F", "raw", p, raw.to_str().unwrap()],
+                &[
+                    "compare",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "raw",
+                    p,
+                    raw.to_str().unwrap(),
+                ],
             );
             let info = run("qemu-img", &["info", "--output=json", p]);
-            let want = if compression_type == 1 { "zstd" } else { "zlib" };
+            let want = if compression_type == 1 {
+                "zstd"
+            } else {
+                "zlib"
+            };
             assert!(
                 info.contains(&format!("\"compression-type\": \"{want}\"")),
                 "{info}"
@@ -313,11 +327,16 @@ fn compressed_writes_above_4_gib() {
     let last = o.size / cs - 8;
     for i in 0..8u64 {
         let data = vec![0x61 + i as u8; cs as usize];
-        image.write_compressed(&data, (last + i) * cs).expect("write");
+        image
+            .write_compressed(&data, (last + i) * cs)
+            .expect("write");
     }
     image.close().expect("close");
     let len = std::fs::metadata(&path).unwrap().len();
-    assert!(len > 5 << 30, "file ends at {len:#x}: streams not above 5 GiB");
+    assert!(
+        len > 5 << 30,
+        "file ends at {len:#x}: streams not above 5 GiB"
+    );
     assert_qemu_check_clean(&path);
     for i in 0..8u64 {
         assert_qemu_reads_pattern(&path, (last + i) * cs, cs, 0x61 + i as u8);

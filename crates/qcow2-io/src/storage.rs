@@ -86,6 +86,13 @@ pub trait Storage: Send + Sync {
         Ok((true, self.len()?.max(offset)))
     }
 
+    /// Asks the back end to start writing completed writes to stable
+    /// storage without waiting for them, so a later [`Storage::flush`] has
+    /// less left to do. Only a hint: the default does nothing.
+    fn start_writeback(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Writes `len` zero bytes at `offset`.
     fn write_zeroes(&self, offset: u64, len: u64, kind: WriteKind) -> io::Result<()> {
         const CHUNK: u64 = 1 << 20;
@@ -126,6 +133,9 @@ macro_rules! forward_storage {
             }
             fn data_run(&self, offset: u64) -> io::Result<(bool, u64)> {
                 (**self).data_run(offset)
+            }
+            fn start_writeback(&self) -> io::Result<()> {
+                (**self).start_writeback()
             }
         }
     )*};

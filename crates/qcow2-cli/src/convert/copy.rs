@@ -3,7 +3,7 @@
 //! and only runs of units holding a non-zero byte are written, so zeros
 //! stay unallocated in the destination.
 
-use qcow2_image::ExtentKind;
+use qcow2_image::{is_zero, ExtentKind};
 
 use crate::disk::Disk;
 use crate::error::CliError;
@@ -64,29 +64,4 @@ fn write_non_zero(dst: &Disk, buf: &[u8], pos: u64, unit: u64) -> Result<(), Cli
         dst.write_at(&buf[start..], pos + start as u64)?;
     }
     Ok(())
-}
-
-/// Whether every byte is zero (word-wise for speed).
-pub fn is_zero(bytes: &[u8]) -> bool {
-    let (words, rest) = bytes.split_at(bytes.len() - bytes.len() % 8);
-    words
-        .chunks_exact(8)
-        .all(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == 0)
-        && rest.iter().all(|&b| b == 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_zero;
-
-    #[test]
-    fn zero_detection_sees_every_byte() {
-        let mut v = vec![0u8; 4099];
-        assert!(is_zero(&v));
-        v[4098] = 1;
-        assert!(!is_zero(&v));
-        v[4098] = 0;
-        v[7] = 1;
-        assert!(!is_zero(&v));
-    }
 }

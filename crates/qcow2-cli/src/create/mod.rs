@@ -20,6 +20,9 @@ The new image is readable and writable by QEMU (qemu-img, qemu-io, qemu-nbd,
 qemu-system-*) and by every qcow2 command; `qemu-img check` finds it clean.
 compat=0.10 images are also readable by QEMU versions before 1.1;
 compression_type=zstd and extended_l2 images need QEMU 5.1 / 5.2 or later.
+Images with a compress format (--compress-format, -o compress_format=) carry
+the seed extension: only qcow2 commands (and other readers of that extension)
+open them; QEMU refuses them by incompatible bit 2.
 
 When SIZE is omitted and a backing file is given, the image takes the
 backing file's size. Without -F, the backing file's format is probed and
@@ -53,6 +56,12 @@ pub struct CreateArgs {
     #[arg(short = 'F', value_enum, value_name = "BACKING_FMT")]
     pub backing_format: Option<Format>,
 
+    /// Seed compress format of compressed clusters, NAME[:LEVEL] with NAME
+    /// zlib, zstd or brotli (the same as -o compress_format=,compress_level=).
+    /// QEMU cannot open such images.
+    #[arg(long = "compress-format", value_name = "NAME[:LEVEL]")]
+    pub compress_format: Option<String>,
+
     /// Unsafe: do not open the backing file (SIZE is then required).
     #[arg(short = 'u')]
     pub unsafe_backing: bool,
@@ -84,6 +93,9 @@ pub fn run(args: &CreateArgs) -> Result<(), CliError> {
         let size = parse_size(text)
             .ok_or_else(|| CliError::Usage(format!("Invalid image size specified: '{text}'.")))?;
         requested.size = Some(size);
+    }
+    if let Some(cf) = &args.compress_format {
+        requested.apply_compress_format(cf)?;
     }
     if let Some(b) = &args.backing {
         requested.backing_file = Some(b.clone());

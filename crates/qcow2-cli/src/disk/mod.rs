@@ -89,14 +89,6 @@ impl Disk {
         })
     }
 
-    /// Wraps an image the caller already opened or created.
-    pub fn from_image(path: &Path, image: Image) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            backend: Backend::Qcow2(Box::new(image)),
-        }
-    }
-
     /// Wraps a raw file the caller already opened or created.
     pub fn from_raw(path: &Path, raw: RawDisk) -> Self {
         Self {
@@ -150,6 +142,34 @@ impl Disk {
         }
     }
 
+    /// Writes `len` bytes of `pattern` at `offset` as compressed clusters
+    /// (qcow2 only): the range starts on a cluster boundary and covers
+    /// whole clusters, the last one possibly cut short by the disk's end.
+    pub fn write_compressed(&self, pattern: u8, offset: u64, len: u64) -> Result<(), CliError> {
+        let Backend::Qcow2(image) = &self.backend else {
+            return Err(CliError::Usage(
+                "compressed writes need a qcow2 image".into(),
+            ));
+        };
+        let cs = image.cluster_size();
+        let end = offset + len;
+        if offset % cs != 0 || (end % cs != 0 && end != image.size()) {
+            return Err(CliError::Usage(format!(
+                "compressed writes cover whole clusters: {offset}+{len} is not aligned to {cs}"
+            )));
+        }
+        let buf = vec![pattern; cs as usize];
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(cs) as usize;
+            image
+                .write_compressed(&buf[..n], at)
+                .map_err(|e| self.wrap(e))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Makes a range read as zeros; `unmap` lets the space go.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), CliError> {
         match &self.backend {
@@ -189,6 +209,14 @@ impl Disk {
         match self.backend {
             Backend::Qcow2(image) => image.close().map_err(|e| CliError::image(&self.path, e)),
             Backend::Raw(raw) => raw.flush().map_err(|e| CliError::image(&self.path, e)),
+        }
+    }
+
+    /// The disk as a read-only source (for the convert pipeline).
+    pub fn source(&self) -> &dyn qcow2_image::BackingSource {
+        match &self.backend {
+            Backend::Qcow2(image) => &**image,
+            Backend::Raw(raw) => raw,
         }
     }
 

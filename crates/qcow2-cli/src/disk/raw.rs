@@ -112,3 +112,17 @@ impl RawDisk {
             .map_err(|e| ImageError::io("flushing the raw file", 0, e))
     }
 }
+
+impl qcow2_image::BackingSource for RawDisk {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        RawDisk::read_at(self, buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        RawDisk::size(self)
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> Result<Vec<qcow2_image::Extent>, ImageError> {
+        self.extents(offset, len)
+    }
+}

@@ -9,9 +9,11 @@ Commands (each -c argument is one command; options come before operands):
       read bytes; -P checks that every byte equals PATTERN and prints
       \"Pattern verification failed at offset OFFSET, LENGTH bytes\" (exit 1)
       when one does not; -v dumps the bytes in hex
-  write [-P PATTERN] [-z [-u]] [-q] OFFSET LENGTH
-      write bytes equal to PATTERN (default 0xcd); -z writes zeros without
-      data (zero clusters), -u lets zeroed clusters be unmapped
+  write [-P PATTERN] [-c | -z [-u]] [-q] OFFSET LENGTH
+      write bytes equal to PATTERN (default 0xcd); -c stores whole clusters
+      compressed (OFFSET and LENGTH cluster aligned, or LENGTH reaching the
+      end of the disk); -z writes zeros without data (zero clusters), -u
+      lets zeroed clusters be unmapped
   discard [-q] OFFSET LENGTH
       discard whole clusters (they read as zeros, or from the backing file
       on compat=0.10 images)
@@ -48,6 +50,8 @@ pub enum IoCommand {
         zero: bool,
         /// Allow unmapping with `zero`.
         unmap: bool,
+        /// Store whole clusters compressed.
+        compressed: bool,
         /// No summary line.
         quiet: bool,
         /// Guest offset.
@@ -83,6 +87,7 @@ struct Flags {
     quiet: bool,
     zero: bool,
     unmap: bool,
+    compressed: bool,
 }
 
 fn parse_pattern(text: &str) -> Result<u8, String> {
@@ -106,7 +111,7 @@ impl IoCommand {
         let name = words.next().ok_or("empty command")?;
         let allowed = match name {
             "read" | "r" => "Pvq",
-            "write" | "w" => "Pzuq",
+            "write" | "w" => "Pzucq",
             "discard" | "d" => "q",
             "truncate" | "t" | "map" | "flush" | "f" => "",
             _ => return Err(format!("command \"{name}\" not found")),
@@ -131,12 +136,16 @@ impl IoCommand {
                     'v' => flags.verbose = true,
                     'q' => flags.quiet = true,
                     'z' => flags.zero = true,
+                    'c' => flags.compressed = true,
                     _ => flags.unmap = true,
                 }
             }
         }
         if flags.unmap && !flags.zero {
             return Err("-u requires -z to be specified".into());
+        }
+        if flags.zero && flags.compressed {
+            return Err("-c and -z cannot be specified at the same time".into());
         }
         if flags.zero && flags.pattern.is_some() {
             return Err("-z and -P cannot be specified at the same time".into());
@@ -168,6 +177,7 @@ impl IoCommand {
                     pattern: flags.pattern.unwrap_or(0xcd),
                     zero: flags.zero,
                     unmap: flags.unmap,
+                    compressed: flags.compressed,
                     quiet: flags.quiet,
                     offset: parse_number(operands[0])?,
                     len: parse_number(operands[1])?,
@@ -211,6 +221,7 @@ mod tests {
                 pattern: 0xaa,
                 zero: false,
                 unmap: false,
+                compressed: false,
                 quiet: false,
                 offset: 4096,
                 len: 1 << 20
@@ -222,6 +233,7 @@ mod tests {
                 pattern: 0xcd,
                 zero: true,
                 unmap: true,
+                compressed: false,
                 quiet: false,
                 offset: 0,
                 len: 65536
@@ -237,6 +249,15 @@ mod tests {
         ));
         assert!(IoCommand::parse("write -P 300 0 1").is_err());
         assert!(IoCommand::parse("write -u 0 1").is_err());
+        assert!(IoCommand::parse("write -c -z 0 64k").is_err());
+        assert!(matches!(
+            IoCommand::parse("write -c -P 1 0 64k").unwrap(),
+            IoCommand::Write {
+                compressed: true,
+                pattern: 1,
+                ..
+            }
+        ));
         assert!(IoCommand::parse("bogus").is_err());
         assert!(IoCommand::parse("read 0").is_err());
     }

@@ -83,6 +83,7 @@ pub fn execute(
             pattern,
             zero,
             unmap,
+            compressed,
             quiet,
             offset,
             len,
@@ -90,6 +91,8 @@ pub fn execute(
             disk.check_range(offset, len)?;
             if zero {
                 disk.write_zeroes(offset, len, unmap)?;
+            } else if compressed {
+                disk.write_compressed(pattern, offset, len)?;
             } else {
                 let buf = vec![pattern; CHUNK.min(len) as usize];
                 let mut done = 0;

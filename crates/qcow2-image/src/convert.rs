@@ -1,0 +1,279 @@
+//! The parallel convert pipeline: copy a source disk into an image.
+//!
+//! The source is taken in windows of whole clusters. While the calling
+//! side writes one window in guest order, the workers read, zero-check and
+//! (optionally) compress the next, so at most two windows are in memory:
+//! a few MiB per worker whatever the disk size. Windows the source reports
+//! as holding no data are skipped without reading.
+
+use rayon::prelude::*;
+
+use crate::backing::BackingSource;
+use crate::error::{ImageError, Result};
+use crate::image::Image;
+use crate::status::ExtentKind;
+
+/// Bytes of source data per worker in one window.
+const WINDOW_BYTES_PER_WORKER: u64 = 2 << 20;
+/// Source bytes between two write-back hints: the disk then works while
+/// the workers compress, instead of all at the final flush.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// How [`Image::convert_from`] copies.
+#[derive(Clone, Debug, Default)]
+pub struct ConvertOptions {
+    /// Store clusters compressed (when that saves space) with the image's
+    /// codec.
+    pub compress: bool,
+    /// Worker threads; `None` uses rayon's global pool (one per core).
+    pub threads: Option<usize>,
+}
+
+/// What a convert wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvertStats {
+    /// Clusters stored compressed.
+    pub compressed: u64,
+    /// Clusters stored uncompressed.
+    pub plain: u64,
+    /// Clusters skipped because they read as zeros.
+    pub zero: u64,
+}
+
+/// What became of one cluster of a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Zero,
+    Plain,
+    /// Compressed; the stream is this long.
+    Compressed(usize),
+}
+
+/// One window: its clusters' source bytes and what to store for each.
+struct Window {
+    /// Guest offset of the first cluster.
+    start: u64,
+    /// Bytes of the disk the window covers (the last window may be short).
+    len: u64,
+    input: Vec<u8>,
+    streams: Vec<Vec<u8>>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            start: 0,
+            len: 0,
+            input: Vec::new(),
+            streams: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+}
+
+impl Image {
+    /// Copies every non-zero cluster of `source` into this image, which
+    /// must read as zeros to begin with (a new image without a backing
+    /// file) and be at least as large (a raw source of an odd size is
+    /// rounded up to 512 bytes by the image; the tail reads as zeros). `progress` gets the bytes done
+    /// after each window.
+    ///
+    /// Reading, zero detection and compression run on worker threads;
+    /// writes happen in guest order, so compressed streams pack tightly.
+    pub fn convert_from(
+        &self,
+        source: &dyn BackingSource,
+        options: &ConvertOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ConvertStats> {
+        self.check_writable()?;
+        if source.size() > self.size() {
+            return Err(ImageError::InvalidArgument {
+                what: "convert source",
+                reason: format!(
+                    "its size {} exceeds the image's {}",
+                    source.size(),
+                    self.size()
+                ),
+            });
+        }
+        if options.compress && self.codec.is_none() {
+            return Err(ImageError::Unsupported {
+                what: "compressed writes with this image's codec".into(),
+            });
+        }
+        match options.threads {
+            None => self.run_pipeline(source, options, progress),
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+                .map_err(|e| ImageError::InvalidArgument {
+                    what: "threads",
+                    reason: e.to_string(),
+                })?
+                .install(|| self.run_pipeline(source, options, progress)),
+        }
+    }
+
+    fn run_pipeline(
+        &self,
+        source: &dyn BackingSource,
+        options: &ConvertOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ConvertStats> {
+        let cs = self.cluster_size();
+        let size = self.size();
+        let workers = rayon::current_num_threads() as u64;
+        let clusters_per_window = ((WINDOW_BYTES_PER_WORKER * workers) / cs).max(workers);
+        let window_bytes = clusters_per_window * cs;
+        let mut stats = ConvertStats::default();
+        let (mut filling, mut draining) = (Window::new(), Window::new());
+        let mut next = 0u64;
+        let mut hinted = 0u64;
+        loop {
+            let more = next < size;
+            let start = next;
+            next = next.saturating_add(window_bytes).min(size);
+            let (filled, written) = rayon::join(
+                || {
+                    if more {
+                        self.fill(source, options, &mut filling, start, next - start)
+                    } else {
+                        Ok(())
+                    }
+                },
+                || self.drain(&draining, &mut stats),
+            );
+            written?;
+            filled?;
+            if draining.len > 0 {
+                let done = draining.start + draining.len;
+                if done - hinted >= WRITEBACK_EVERY {
+                    // A failed hint changes nothing: the final flush still
+                    // writes everything.
+                    let _ = self.storage.start_writeback();
+                    hinted = done;
+                }
+                progress(done);
+            }
+            if !more {
+                return Ok(stats);
+            }
+            std::mem::swap(&mut filling, &mut draining);
+        }
+    }
+
+    /// Reads, zero-checks and compresses the window `[start, start + len)`.
+    fn fill(
+        &self,
+        source: &dyn BackingSource,
+        options: &ConvertOptions,
+        window: &mut Window,
+        start: u64,
+        len: u64,
+    ) -> Result<()> {
+        let cs = self.cluster_size() as usize;
+        let count = (len as usize).div_ceil(cs);
+        window.start = start;
+        window.len = len;
+        window.outcomes.clear();
+        window.outcomes.resize(count, Outcome::Zero);
+        if !has_data(source, start, len)? {
+            return Ok(());
+        }
+        window.input.resize(count * cs, 0);
+        if window.streams.len() < count {
+            window.streams.resize_with(count, Vec::new);
+        }
+        window
+            .input
+            .par_chunks_mut(cs)
+            .zip(window.streams.par_iter_mut())
+            .zip(window.outcomes.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(i, ((chunk, stream), outcome))| {
+                let offset = start + (i * cs) as u64;
+                let valid = ((start + len - offset) as usize).min(cs);
+                let readable = (source.size().saturating_sub(offset) as usize).min(valid);
+                source.read_at(&mut chunk[..readable], offset)?;
+                chunk[readable..].fill(0);
+                *outcome = if is_zero(chunk) {
+                    Outcome::Zero
+                } else if !options.compress {
+                    Outcome::Plain
+                } else {
+                    match self.compress_cluster(&chunk[..valid], stream)? {
+                        Some(n) => Outcome::Compressed(n),
+                        None => Outcome::Plain,
+                    }
+                };
+                Ok(())
+            })
+    }
+
+    /// Writes a filled window in guest order; runs of plain clusters go
+    /// out in one write.
+    fn drain(&self, window: &Window, stats: &mut ConvertStats) -> Result<()> {
+        let cs = self.cluster_size() as usize;
+        let valid = |i: usize| ((window.len as usize) - i * cs).min(cs);
+        let mut i = 0;
+        while i < window.outcomes.len() {
+            let offset = window.start + (i * cs) as u64;
+            match window.outcomes[i] {
+                Outcome::Zero => {
+                    stats.zero += 1;
+                    i += 1;
+                }
+                Outcome::Compressed(n) => {
+                    self.write_compressed_stream(&window.streams[i][..n], offset)?;
+                    stats.compressed += 1;
+                    i += 1;
+                }
+                Outcome::Plain => {
+                    let first = i;
+                    while i < window.outcomes.len() && window.outcomes[i] == Outcome::Plain {
+                        i += 1;
+                    }
+                    let end = (i - 1) * cs + valid(i - 1);
+                    self.write_at(&window.input[first * cs..end], offset)?;
+                    stats.plain += (i - first) as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether any part of the range may hold non-zero bytes.
+fn has_data(source: &dyn BackingSource, start: u64, len: u64) -> Result<bool> {
+    Ok(source
+        .block_status(start, len)?
+        .iter()
+        .any(|e| matches!(e.kind, ExtentKind::Data { .. } | ExtentKind::Compressed)))
+}
+
+/// Whether every byte is zero (word-wise for speed).
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let (words, rest) = bytes.split_at(bytes.len() - bytes.len() % 8);
+    words
+        .chunks_exact(8)
+        .all(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection_sees_every_byte() {
+        let mut v = vec![0u8; 4099];
+        assert!(is_zero(&v));
+        v[4098] = 1;
+        assert!(!is_zero(&v));
+        v[4098] = 0;
+        v[7] = 1;
+        assert!(!is_zero(&v));
+    }
+}
