@@ -1,17 +1,24 @@
 //! Positive cases written by our own writer: images created in memory with
-//! `qcow2-image` across cluster sizes, refcount widths, versions and extended
-//! L2, then changed by data writes, zero writes, discards and a resize.
+//! `qcow2-image` across cluster sizes, refcount widths, versions, extended
+//! L2 and compress formats, then changed by data writes, compressed writes,
+//! zero writes, discards and a resize.
+//!
+//! The compress format images (the seed extension, every codec at default
+//! and explicit levels) are also kept in `conformance/golden/writer/`;
+//! `cargo xtask golden` rewrites them and a test checks they are current.
 //!
 //! Every rule that applies to them must hold; an image here that breaks a
 //! rule is a writer bug, and the suite reports it with the image's name,
 //! which spells out the configuration.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use qcow2_image::{BackingMode, CreateOptions, Image, Preallocation};
 use qcow2_io::{MemoryStorage, Storage};
 
 use crate::corpus::{Origin, TestImage};
+use crate::seed_images::COMPRESS_FORMATS;
 
 /// One writer configuration of the matrix.
 #[derive(Clone, Debug)]
@@ -30,6 +37,8 @@ pub struct WriterConfig {
     pub lazy_refcounts: bool,
     /// Metadata preallocation.
     pub preallocation: Preallocation,
+    /// Seed compress format: codec name and level byte.
+    pub compress_format: Option<(&'static str, u8)>,
 }
 
 impl WriterConfig {
@@ -42,6 +51,7 @@ impl WriterConfig {
             compression_type: 0,
             lazy_refcounts: false,
             preallocation: Preallocation::Off,
+            compress_format: None,
         }
     }
 
@@ -69,6 +79,11 @@ impl WriterConfig {
         }
         if self.preallocation == Preallocation::Metadata {
             name.push_str("-prealloc");
+        }
+        match self.compress_format {
+            Some((codec, 0)) => name.push_str(&format!("-cf-{codec}-default")),
+            Some((codec, level)) => name.push_str(&format!("-cf-{codec}-{level}")),
+            None => {}
         }
         name
     }
@@ -104,6 +119,61 @@ pub fn configs() -> Vec<WriterConfig> {
         zstd,
         prealloc,
     ]
+    .into_iter()
+    .chain(compress_format_configs())
+    .collect()
+}
+
+/// The seed compress format images: every codec, default and explicit
+/// levels, on 64 KiB clusters.
+pub fn compress_format_configs() -> Vec<WriterConfig> {
+    COMPRESS_FORMATS
+        .iter()
+        .map(|&(codec, level)| {
+            let mut cfg = WriterConfig::new(65536, 3, 16);
+            cfg.compress_format = Some((codec, level));
+            cfg
+        })
+        .collect()
+}
+
+/// Where the writer's compress format images are kept.
+pub fn golden_writer_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join("writer")
+}
+
+/// Writes the compress format images into `dir` (replacing the `.qcow2`
+/// files there); returns how many.
+pub fn write_golden(dir: &Path) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_some_and(|e| e == "qcow2") {
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let configs = compress_format_configs();
+    for cfg in &configs {
+        let path = dir.join(format!("{}.qcow2", cfg.name()));
+        std::fs::write(&path, build(cfg)?).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(configs.len())
+}
+
+/// Names of the files in `dir` that differ from what the writer makes now,
+/// or are missing.
+pub fn stale_golden(dir: &Path) -> Result<Vec<String>, String> {
+    let mut stale = Vec::new();
+    for cfg in compress_format_configs() {
+        let file = format!("{}.qcow2", cfg.name());
+        let current = build(&cfg)?;
+        if std::fs::read(dir.join(&file)).ok().as_deref() != Some(&current[..]) {
+            stale.push(file);
+        }
+    }
+    Ok(stale)
 }
 
 /// Deterministic, non-zero guest data.
@@ -124,6 +194,7 @@ pub fn build(cfg: &WriterConfig) -> Result<Vec<u8>, String> {
     options.compression_type = cfg.compression_type;
     options.lazy_refcounts = cfg.lazy_refcounts;
     options.preallocation = cfg.preallocation;
+    options.compress_format = cfg.compress_format.map(|(c, l)| (c.to_string(), l));
     let step = |what: &str, r: qcow2_image::Result<()>| r.map_err(|e| format!("{what}: {e}"));
     let dyn_storage: Arc<dyn Storage> = storage.clone();
     let image = Image::create(dyn_storage, &options, BackingMode::Ignore)
@@ -144,6 +215,24 @@ pub fn build(cfg: &WriterConfig) -> Result<Vec<u8>, String> {
     step("zero keep", image.write_zeroes(4 * cs, cs, false))?;
     step("zero unmap", image.write_zeroes(5 * cs, cs, true))?;
     step("discard", image.discard(cs, cs))?;
+    // Two compressed clusters (packed into one host cluster), one of them
+    // then partly overwritten (copied out of its compressed form).
+    step(
+        "compressed write",
+        image.write_compressed(&pattern(cs, 6), 2 * cs),
+    )?;
+    step(
+        "compressed write",
+        image.write_compressed(&pattern(cs, 7), 3 * cs),
+    )?;
+    step(
+        "compressed write",
+        image.write_compressed(&pattern(cs, 8), 6 * cs),
+    )?;
+    step(
+        "overwrite compressed",
+        image.write_at(&pattern(100, 9), 3 * cs + 10),
+    )?;
     step("small zero", image.write_zeroes(size / 2 + 100, 700, false))?;
     // Growing may move the L1 table; then write into the new space.
     step("resize", image.resize(2 * size))?;

@@ -40,3 +40,13 @@ fn spec_and_registry_disagreement_is_detected() {
     );
     assert!(errors.iter().any(|e| e.contains(&removed)), "{errors:?}");
 }
+
+#[test]
+fn writer_golden_images_are_current() {
+    let dir = qcow2_conformance::engine_images::golden_writer_dir();
+    let stale = qcow2_conformance::engine_images::stale_golden(&dir).expect("build");
+    assert!(
+        stale.is_empty(),
+        "conformance/golden/writer is stale (run `cargo xtask golden`): {stale:?}"
+    );
+}

@@ -11,6 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qcow2_conformance::engine_images;
+
 /// Where the images live, relative to the workspace root.
 const GOLDEN_DIR: &str = "conformance/golden/qemu";
 /// Extensions of the files this generator owns in [`GOLDEN_DIR`].
@@ -203,6 +205,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 catalogue().len(),
                 dir.display()
             );
+            let writer_dir = engine_images::golden_writer_dir();
+            let written = engine_images::write_golden(&writer_dir)?;
+            println!(
+                "golden: wrote {written} images of our writer to {}",
+                writer_dir.display()
+            );
             Ok(())
         }
         [flag] if flag == "--check" => check(&root),
@@ -276,6 +284,13 @@ fn check(root: &Path) -> Result<(), String> {
         .iter()
         .filter(|n| fs::read(golden_dir.join(n)).ok() != fs::read(scratch.join(n)).ok())
         .collect();
+    let stale = engine_images::stale_golden(&engine_images::golden_writer_dir())?;
+    if !stale.is_empty() {
+        return Err(format!(
+            "images of our writer differ from a fresh build (run `cargo xtask golden`): {}",
+            stale.join(", ")
+        ));
+    }
     if differing.is_empty() {
         println!("golden: {} files match a fresh regeneration", names.len());
         Ok(())
