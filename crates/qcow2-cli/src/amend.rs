@@ -14,6 +14,12 @@ Options (-o, comma separated, as in qemu-img):
   compat=0.10|v2|1.1|v3   compatibility level (qcow2 version 2 or 3)
   lazy_refcounts=on|off   postpone refcount updates (version 3 only)
   refcount_bits=N         refcount width: 1, 2, 4, ..., 64 (16 for version 2)
+  compress_format=NAME    seed compress format (zlib, zstd, brotli): sets the
+                          compress format extension; refused when clusters
+                          are compressed with another codec (or snapshots
+                          might hold some). QEMU cannot open the result.
+  compress_level=N        level of the compress format (0 = default); later
+                          compressed writes use it
 
 `-o help` lists them. The other options qemu-img amend accepts (size,
 backing_file, backing_fmt, data_file, data_file_raw, encrypt.*) are refused
@@ -41,7 +47,7 @@ const NOT_SUPPORTED: &[(&str, &str)] = &[
 /// Change format options of an image.
 #[derive(Debug, Args)]
 #[command(
-    long_about = "Change format-specific options of a qcow2 image (compat, lazy_refcounts, refcount_bits), like `qemu-img amend`.",
+    long_about = "Change format-specific options of a qcow2 image (compat, lazy_refcounts, refcount_bits, compress_format, compress_level), like `qemu-img amend`.",
     after_long_help = AFTER_HELP
 )]
 pub struct AmendArgs {
@@ -93,6 +99,14 @@ fn parse_options(text: &str) -> Result<Option<AmendOptions>, CliError> {
                 })?);
             }
             "lazy_refcounts" => options.lazy_refcounts = Some(parse_bool(name, value)?),
+            "compress_format" => options.compress_format = Some(value.to_string()),
+            "compress_level" => {
+                options.compress_level = Some(value.parse::<u8>().map_err(|_| {
+                    CliError::Usage(format!(
+                        "Parameter 'compress_level' expects a level from 0 to 255, got '{value}'"
+                    ))
+                })?);
+            }
             "refcount_bits" => {
                 let bits = value.parse::<u64>().map_err(|_| {
                     CliError::Usage(format!(
@@ -122,7 +136,9 @@ const OPTIONS_HELP: &str = "\
 Amend options for 'qcow2':
   compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
-  refcount_bits=<num>    - Width of a reference count entry in bits";
+  refcount_bits=<num>    - Width of a reference count entry in bits
+  compress_format=<str>  - Seed compress format (zlib, zstd, brotli)
+  compress_level=<num>   - Level of the compress format (0 = default)";
 
 /// Runs `amend`.
 pub fn run(args: &AmendArgs) -> Result<(), CliError> {

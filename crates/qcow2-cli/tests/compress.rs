@@ -305,3 +305,107 @@ fn io_write_c_is_read_by_qemu() {
     let out = qcow2(d, &["io", "-c", "write -c 512 64k", "a.qcow2"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
 }
+
+#[test]
+fn amend_changes_the_level_and_the_format_of_an_empty_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cf = |file: &str| {
+        let info = our_info(d, file);
+        let cf = info["format-specific"]["data"]["compress-format"].clone();
+        (cf["name"].as_str().map(String::from), cf["level"].as_u64())
+    };
+    ok(
+        "create",
+        &qcow2(
+            d,
+            &["create", "--compress-format", "zstd:3", "a.qcow2", "1M"],
+        ),
+    );
+    ok(
+        "io",
+        &qcow2(d, &["io", "-c", "write -c -P 0x31 0 192k", "a.qcow2"]),
+    );
+    ok(
+        "amend level",
+        &qcow2(d, &["amend", "-o", "compress_level=12", "a.qcow2"]),
+    );
+    assert_eq!(cf("a.qcow2"), (Some("zstd".into()), Some(12)));
+    ok(
+        "io",
+        &qcow2(d, &["io", "-c", "write -c -P 0x32 192k 64k", "a.qcow2"]),
+    );
+    let read = ok(
+        "io read",
+        &qcow2(
+            d,
+            &[
+                "io",
+                "-c",
+                "read -P 0x31 0 192k",
+                "-c",
+                "read -P 0x32 192k 64k",
+                "a.qcow2",
+            ],
+        ),
+    );
+    assert!(!read.contains("failed"), "{read}");
+    // The format decides how the compressed clusters decode: refused.
+    let out = qcow2(d, &["amend", "-o", "compress_format=brotli", "a.qcow2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("compressed with zstd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cf("a.qcow2"), (Some("zstd".into()), Some(12)));
+    // A QEMU image without compressed clusters may switch to a seed format.
+    ok(
+        "create",
+        &qemu_img(
+            d,
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "compression_type=zstd",
+                "b.qcow2",
+                "1M",
+            ],
+        ),
+    );
+    let out = qcow2(d, &["amend", "-o", "compress_level=3", "b.qcow2"]);
+    assert_eq!(out.status.code(), Some(1), "a level without a format");
+    ok(
+        "amend format",
+        &qcow2(
+            d,
+            &[
+                "amend",
+                "-o",
+                "compress_format=brotli,compress_level=4",
+                "b.qcow2",
+            ],
+        ),
+    );
+    assert_eq!(cf("b.qcow2"), (Some("brotli".into()), Some(4)));
+    let info = our_info(d, "b.qcow2");
+    assert_eq!(info["format-specific"]["data"]["compression-type"], "zlib");
+    ok(
+        "io",
+        &qcow2(
+            d,
+            &[
+                "io",
+                "-c",
+                "write -c -P 0x33 0 64k",
+                "-c",
+                "read -P 0x33 0 64k",
+                "b.qcow2",
+            ],
+        ),
+    );
+    let check = qcow2(d, &["check", "b.qcow2"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
+}

@@ -1,6 +1,7 @@
 //! Changing format options of an existing image, like `qemu-img amend -f
 //! qcow2 -o ...`: the compatibility level (version 2 ⇄ 3), the lazy
-//! refcounts bit and the refcount width.
+//! refcounts bit, the refcount width, and the seed compress format (level,
+//! or format when no cluster is compressed).
 //!
 //! Every option is checked against the image before anything is written,
 //! so a refused amend leaves the file as it was. The changes then run in
@@ -67,8 +68,13 @@ impl Compat {
 }
 
 /// What to change; `None` leaves a setting as it is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AmendOptions {
+    /// New seed compress format (codec name); refused when clusters are
+    /// compressed with another codec.
+    pub compress_format: Option<String>,
+    /// New level of the seed compress format (0 = the codec's default).
+    pub compress_level: Option<u8>,
     /// New compatibility level.
     pub compat: Option<Compat>,
     /// Set (`true`) or clear the lazy refcounts bit (version 3 only).
@@ -91,6 +97,8 @@ pub struct AmendReport {
     pub lazy_refcounts: Option<bool>,
     /// The image was downgraded from version 3 to 2.
     pub downgraded: bool,
+    /// The compress format extension now names this codec and level.
+    pub compress_format: Option<(String, u8)>,
     /// Zero clusters of the active L1 table turned into allocated zeroed
     /// clusters by the downgrade.
     pub zero_clusters_allocated: u64,
@@ -169,6 +177,7 @@ struct Plan {
     /// New refcount_order, when it changes.
     new_order: Option<RefcountOrder>,
     dirty: bool,
+    codec: Option<crate::amend_codec::CodecChange>,
 }
 
 impl Plan {
@@ -223,11 +232,19 @@ impl Plan {
         let new_order = (order != h.refcount_order)
             .then(|| RefcountOrder::new(order))
             .flatten();
+        let codec = crate::amend_codec::plan(
+            storage,
+            area,
+            options.compress_format.as_deref(),
+            options.compress_level,
+            target_version,
+        )?;
         Ok(Self {
             version,
             target_version,
             new_order,
             dirty: features.dirty,
+            codec,
         })
     }
 
@@ -235,7 +252,8 @@ impl Plan {
         let mut report = AmendReport::default();
         let changes = self.target_version != self.version
             || self.new_order.is_some()
-            || options.lazy_refcounts.is_some();
+            || options.lazy_refcounts.is_some()
+            || self.codec.is_some();
         if !changes {
             return Ok(report);
         }
@@ -269,6 +287,13 @@ impl Plan {
                 set_lazy(&*storage, lazy)?;
             }
             report.lazy_refcounts = Some(lazy);
+        }
+        if let Some(change) = &self.codec {
+            let mut area = read_area(&*storage)?;
+            let old_len = area_len_on_disk(&area);
+            crate::amend_codec::apply(&mut area, change);
+            write_area(&*storage, &mut area, old_len)?;
+            report.compress_format = Some((change.extension.name.clone(), change.extension.level));
         }
         if self.target_version < self.version {
             downgrade(storage, &mut report)?;

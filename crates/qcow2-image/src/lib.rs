@@ -12,6 +12,7 @@
 )]
 
 mod amend;
+mod amend_codec;
 mod backing;
 mod compress;
 mod convert;
