@@ -20,7 +20,7 @@
 //! `docs/benchmarks.md` (default: yes for the full 2048 MiB disk only),
 //! `--only convert|reads` one part alone (for profiling; no doc).
 
-mod corpus;
+pub(crate) mod corpus;
 
 use std::fs::{self, File};
 use std::hint::black_box;
@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use qcow2_image::{ExtentKind, Image};
 
-const QEMU_IMG: &str = "/usr/bin/qemu-img";
+pub(crate) const QEMU_IMG: &str = "/usr/bin/qemu-img";
 const FULL_SIZE_MIB: u64 = 2048;
 const BLOCK_SIZES: [u64; 2] = [4096, 64 * 1024];
 /// Blocks between two `qemu-img bench` requests in the strided reference:
@@ -103,18 +103,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(opts)
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 /// Runs a command to completion; its output, or an error with its stderr.
-fn output(cmd: &mut Command) -> Result<String, String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .output()
         .map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
@@ -138,7 +138,7 @@ fn drop_caches() -> bool {
 }
 
 /// Reads a whole file once, so that it sits in the page cache.
-fn warm(path: &Path) -> Result<(), String> {
+pub(crate) fn warm(path: &Path) -> Result<(), String> {
     let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = vec![0u8; 4 << 20];
     while file
@@ -149,11 +149,11 @@ fn warm(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn best(times: &[f64]) -> f64 {
+pub(crate) fn best(times: &[f64]) -> f64 {
     times.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-fn median(times: &[f64]) -> f64 {
+pub(crate) fn median(times: &[f64]) -> f64 {
     let mut v = times.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -235,7 +235,7 @@ fn bench_convert(
 }
 
 /// Fails unless `qemu-img` finds `image` clean and identical to `raw`.
-fn verify_convert(raw: &Path, image: &Path) -> Result<(), String> {
+pub(crate) fn verify_convert(raw: &Path, image: &Path) -> Result<(), String> {
     let check = output(
         Command::new(QEMU_IMG)
             .args(["check", "-f", "qcow2"])
@@ -506,16 +506,16 @@ fn iops(ops: u64, secs: f64) -> f64 {
 
 // --------------------------------------------------------------- report
 
-struct Machine {
-    cpus: usize,
-    cpu_model: String,
-    kernel: String,
-    qemu: String,
-    rustc: String,
-    date: String,
+pub(crate) struct Machine {
+    pub(crate) cpus: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) kernel: String,
+    pub(crate) qemu: String,
+    pub(crate) rustc: String,
+    pub(crate) date: String,
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let first_line = |cmd: &mut Command| {
         output(cmd)
             .ok()
@@ -789,7 +789,7 @@ impl Report<'_> {
 /// Wraps the prose lines of a markdown text at 78 columns (bullet items
 /// continue indented by two spaces); tables, code and headings stay as
 /// they are.
-fn wrap_markdown(text: &str) -> String {
+pub(crate) fn wrap_markdown(text: &str) -> String {
     let mut out = String::new();
     let mut in_code = false;
     for line in text.lines() {

@@ -1,10 +1,11 @@
 //! `cargo xtask`: project automation.
 //!
 //! Subcommands: `conformance [--json]`, `golden [--check]`, `fuzz [--seconds N]`, `bench codecs`,
-//! `bench engine`.
+//! `bench engine`, `bench compression`.
 #![forbid(unsafe_code)]
 
 mod bench_codecs;
+mod bench_compression;
 mod bench_engine;
 mod conformance;
 mod fuzz;
@@ -21,8 +22,9 @@ fn main() -> ExitCode {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("codecs") => bench_codecs::run(&args[2..]),
             Some("engine") => bench_engine::run(&args[2..]),
+            Some("compression") => bench_compression::run(&args[2..]),
             other => Err(format!(
-                "unknown bench {other:?}; available: codecs, engine"
+                "unknown bench {other:?}; available: codecs, engine, compression"
             )),
         },
         _ => Err(usage()),
@@ -37,5 +39,5 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs | bench engine>".to_string()
+    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs | bench engine | bench compression>".to_string()
 }
