@@ -3,6 +3,7 @@
 
 mod brotli;
 mod codec;
+mod deflate;
 mod error;
 mod level;
 mod pool;

@@ -1,30 +1,41 @@
 //! `zlib`: raw deflate, the stream QEMU writes for `compression_type` 0.
 //!
-//! Level mapping: level `L` in `1..=9` is deflate level `L` (zlib-rs). The
-//! default (level byte 0) is [`Zlib::DEFAULT_LEVEL`] = 5, chosen by
-//! measurement (`docs/benchmarks.md`): zlib-rs matches slightly less than
-//! the system zlib at equal levels, and level 5 is the fastest whose output
-//! stays within 2% of QEMU's (system zlib level 6), at over twice its speed.
+//! Encoding uses our own deflate encoder (`crate::deflate`), limited to the
+//! 4 KiB window QEMU inflates with: at equal output size it is faster than
+//! zlib-rs, whose middle levels give up about 2% of output for speed
+//! (`docs/benchmarks.md`). Level `L` in `1..=9` picks a search effort from
+//! greedy parsing with short chains (1) to long lazy searches (9); the
+//! default (level byte 0) is [`Zlib::DEFAULT_LEVEL`].
 //!
-//! Encoding uses a 4 KiB window (window bits 12) and memLevel 9 like QEMU,
-//! because QEMU inflates with that window and may fail on clusters written
-//! with a larger one. Decoding uses the full 32 KiB window, so streams from
-//! any raw-deflate writer are accepted.
+//! Decoding uses zlib-rs with the full 32 KiB window, so streams from any
+//! raw-deflate writer are accepted.
 
 use std::cell::RefCell;
 
-use zlib_rs::{Deflate, DeflateConfig, DeflateFlush, Inflate, InflateFlush, Status};
+use zlib_rs::{Inflate, InflateFlush, Status};
 
 use crate::codec::{check_compress_args, check_decompress_args, Codec, CompressOutcome};
+use crate::deflate::{Effort, Encoder};
 use crate::error::{CodecError, RegistryError};
 use crate::level::LevelSpec;
 use crate::state::with_thread_state;
 
 const NAME: &str = "zlib";
-/// Negative: raw deflate (no zlib header); 12: QEMU's 4 KiB window.
-const ENCODE_WINDOW_BITS: i32 = -12;
 const DECODE_WINDOW_BITS: u8 = 15;
-const MEM_LEVEL: i32 = 9;
+
+/// Search effort per level 1..=9 (chain depth, good, lazy, nice), measured
+/// on 64 KiB clusters of a filesystem image (`docs/benchmarks.md`).
+const EFFORTS: [Effort; Zlib::MAX_LEVEL as usize] = [
+    Effort::new(2, 4, 0, 16),
+    Effort::new(4, 4, 0, 16),
+    Effort::new(6, 4, 4, 32),
+    Effort::new(8, 4, 8, 32),
+    Effort::new(12, 8, 12, 48),
+    Effort::new(16, 8, 16, 64),
+    Effort::new(64, 16, 32, 128),
+    Effort::new(256, 32, 128, 258),
+    Effort::new(1024, 32, 258, 258),
+];
 
 /// Raw-deflate codec compatible with QEMU's zlib compression type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +48,8 @@ impl Zlib {
     pub const NAME: &'static str = NAME;
     /// Highest level (deflate level 9).
     pub const MAX_LEVEL: u8 = 9;
-    /// Level used for level byte 0 (deflate level 5, see the module docs).
+    /// Level used for level byte 0: the fastest whose output stays within
+    /// 2% of QEMU's (system zlib level 6) on a filesystem image.
     pub const DEFAULT_LEVEL: u8 = 5;
 
     /// The level range: `1..=9`, default [`Zlib::DEFAULT_LEVEL`].
@@ -53,25 +65,15 @@ impl Zlib {
     }
 }
 
-/// This thread's deflate states (one per level, created on first use) and
-/// inflate state.
+/// This thread's encoder and inflate state.
 #[derive(Default)]
 struct ZlibState {
-    deflate: [Option<Deflate>; Zlib::MAX_LEVEL as usize],
+    encoder: Option<Box<Encoder>>,
     inflate: Option<Inflate>,
 }
 
 thread_local! {
     static STATE: RefCell<ZlibState> = RefCell::default();
-}
-
-fn new_deflate(level: u8) -> Deflate {
-    Deflate::new_with_config(DeflateConfig {
-        level: i32::from(level),
-        window_bits: ENCODE_WINDOW_BITS,
-        mem_level: MEM_LEVEL,
-        ..DeflateConfig::default()
-    })
 }
 
 impl Codec for Zlib {
@@ -87,31 +89,15 @@ impl Codec for Zlib {
         let Some(limit) = check_compress_args(NAME, input, output)? else {
             return Ok(CompressOutcome::NoGain);
         };
-        let slot = usize::from(self.level - 1);
+        let effort = EFFORTS[usize::from(self.level - 1)];
         with_thread_state(&STATE, |state| {
-            let cached = &mut state.deflate[slot];
-            let deflate = cached.get_or_insert_with(|| new_deflate(self.level));
-            // Bounding the output by the input length stops early on
-            // incompressible clusters instead of finishing a useless stream.
-            let result = match deflate.compress(input, &mut output[..limit], DeflateFlush::Finish) {
-                Ok(Status::StreamEnd) => {
-                    let written = deflate.total_out() as usize;
-                    deflate.reset();
-                    return Ok(CompressOutcome::Compressed(written));
-                }
-                Ok(Status::Ok | Status::BufError) => Ok(CompressOutcome::NoGain),
-                Err(e) => Err(CodecError::Backend {
-                    codec: NAME,
-                    reason: deflate.error_message().unwrap_or(e.as_str()).to_owned(),
-                }),
-            };
-            // zlib-rs 0.6's reset does not fully clear a stream stopped
-            // half-way (level 1 leaves its open block, other levels their
-            // pending bits), and a later stream overruns its pending buffer
-            // and panics: drop that state instead. Only clusters that do
-            // not compress pay for a fresh encoder.
-            *cached = None;
-            result
+            let encoder = state.encoder.get_or_insert_with(Box::default);
+            Ok(
+                match encoder.compress(input, &mut output[..limit], effort) {
+                    Some(written) => CompressOutcome::Compressed(written),
+                    None => CompressOutcome::NoGain,
+                },
+            )
         })
     }
 
