@@ -193,7 +193,7 @@ fn row(name: &str, level: &str, native: &str, m: &Measurement) {
 
 fn native_setting(name: &str, level: u8) -> String {
     match name {
-        "zlib" => format!("deflate {level}, wbits 12"),
+        "zlib" => format!("effort {level}, 4 KiB window"),
         "zstd" => format!("zstd {level}"),
         "brotli" => format!("quality {}", level - 1),
         _ => String::new(),
