@@ -46,7 +46,7 @@ pub struct Zlib {
 impl Zlib {
     /// Name in the compress format extension.
     pub const NAME: &'static str = NAME;
-    /// Highest level (deflate level 9).
+    /// Highest level (the longest search).
     pub const MAX_LEVEL: u8 = 9;
     /// Level used for level byte 0: the fastest whose output stays within
     /// 2% of QEMU's (system zlib level 6) on a filesystem image.
