@@ -183,6 +183,8 @@ impl Image {
             return Ok(());
         }
         window.input.resize(count * cs, 0);
+        // One look-up per window: a qcow2 source takes its metadata lock.
+        let source_size = source.size();
         if window.streams.len() < count {
             window.streams.resize_with(count, Vec::new);
         }
@@ -195,7 +197,7 @@ impl Image {
             .try_for_each(|(i, ((chunk, stream), outcome))| {
                 let offset = start + (i * cs) as u64;
                 let valid = ((start + len - offset) as usize).min(cs);
-                let readable = (source.size().saturating_sub(offset) as usize).min(valid);
+                let readable = (source_size.saturating_sub(offset) as usize).min(valid);
                 source.read_at(&mut chunk[..readable], offset)?;
                 chunk[readable..].fill(0);
                 *outcome = if is_zero(chunk) {
