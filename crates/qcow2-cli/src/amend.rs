@@ -20,6 +20,15 @@ Options (-o, comma separated, as in qemu-img):
                           might hold some). QEMU cannot open the result.
   compress_level=N        level of the compress format (0 = default); later
                           compressed writes use it
+  dedup=on|off            on: build the dedup table from the data already in
+                          the image and merge clusters with the same content
+                          into one shared copy (offline deduplication; crash
+                          safe, flushed every few MiB; -p shows progress).
+                          off: drop the table and clear incompatible bit 1,
+                          leaving a plain qcow2 image that QEMU can write
+                          (shared clusters stay shared, refcounts right)
+  dedup_verify=on|off     with dedup=on: compare the bytes of every match
+                          before merging instead of trusting SHA-256
 
 `-o help` lists them. The other options qemu-img amend accepts (size,
 backing_file, backing_fmt, data_file, data_file_raw, encrypt.*) are refused
@@ -82,9 +91,17 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, CliError> {
     }
 }
 
+/// What `-o` asks for besides the engine's amend options.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct DedupRequest {
+    dedup: Option<bool>,
+    verify: bool,
+}
+
 /// The options `text` asks for, or `None` for `help`.
-fn parse_options(text: &str) -> Result<Option<AmendOptions>, CliError> {
+fn parse_options(text: &str) -> Result<Option<(AmendOptions, DedupRequest)>, CliError> {
     let mut options = AmendOptions::default();
+    let mut dedup = DedupRequest::default();
     for item in text.split(',').filter(|s| !s.is_empty()) {
         if item == "help" || item == "?" {
             return Ok(None);
@@ -99,6 +116,8 @@ fn parse_options(text: &str) -> Result<Option<AmendOptions>, CliError> {
                 })?);
             }
             "lazy_refcounts" => options.lazy_refcounts = Some(parse_bool(name, value)?),
+            "dedup" => dedup.dedup = Some(parse_bool(name, value)?),
+            "dedup_verify" => dedup.verify = parse_bool(name, value)?,
             "compress_format" => options.compress_format = Some(value.to_string()),
             "compress_level" => {
                 options.compress_level = Some(value.parse::<u8>().map_err(|_| {
@@ -129,7 +148,7 @@ fn parse_options(text: &str) -> Result<Option<AmendOptions>, CliError> {
             }
         }
     }
-    Ok(Some(options))
+    Ok(Some((options, dedup)))
 }
 
 const OPTIONS_HELP: &str = "\
@@ -138,7 +157,10 @@ Amend options for 'qcow2':
   lazy_refcounts=<bool (on/off)> - Postpone refcount updates
   refcount_bits=<num>    - Width of a reference count entry in bits
   compress_format=<str>  - Seed compress format (zlib, zstd, brotli)
-  compress_level=<num>   - Level of the compress format (0 = default)";
+  compress_level=<num>   - Level of the compress format (0 = default)
+  dedup=<bool (on/off)>  - Deduplicate (seed extension): build the table and
+                           merge duplicate clusters, or drop the table
+  dedup_verify=<bool (on/off)> - Compare bytes before merging";
 
 /// Runs `amend`.
 pub fn run(args: &AmendArgs) -> Result<(), CliError> {
@@ -149,15 +171,35 @@ pub fn run(args: &AmendArgs) -> Result<(), CliError> {
             )));
         }
     }
-    let Some(options) = parse_options(&args.options.join(","))? else {
+    let Some((options, dedup)) = parse_options(&args.options.join(","))? else {
         println!("{OPTIONS_HELP}");
         return Ok(());
     };
-    let mut progress = Progress::new(args.progress && !args.quiet, 1);
-    Image::amend_path(&args.file, &options).map_err(|e| CliError::image(&args.file, e))?;
-    progress.update(1);
-    progress.finish();
-    Ok(())
+    let show = args.progress && !args.quiet;
+    if options != AmendOptions::default() || dedup.dedup.is_none() {
+        let mut progress = Progress::new(show, 1);
+        Image::amend_path(&args.file, &options).map_err(|e| CliError::image(&args.file, e))?;
+        progress.update(1);
+        progress.finish();
+    }
+    let Some(on) = dedup.dedup else {
+        return Ok(());
+    };
+    let image = Image::open_path(&args.file, true).map_err(|e| CliError::image(&args.file, e))?;
+    if on {
+        image.set_dedup_verify(dedup.verify);
+        let mut progress = Progress::new(show, image.size());
+        let cs = image.cluster_size();
+        image
+            .enable_dedup(true, &mut |done, _| progress.update(done * cs))
+            .map_err(|e| CliError::image(&args.file, e))?;
+        progress.finish();
+    } else {
+        image
+            .disable_dedup()
+            .map_err(|e| CliError::image(&args.file, e))?;
+    }
+    image.close().map_err(|e| CliError::image(&args.file, e))
 }
 
 #[cfg(test)]
@@ -166,14 +208,15 @@ mod tests {
 
     #[test]
     fn options_parse_like_qemu_img() {
-        let o = parse_options("compat=v3,lazy_refcounts=on,refcount_bits=64")
+        let (o, d) = parse_options("compat=v3,lazy_refcounts=on,refcount_bits=64,dedup=on")
             .unwrap()
             .unwrap();
+        assert_eq!(d.dedup, Some(true));
         assert_eq!(o.compat, Some(Compat::V3));
         assert_eq!(o.lazy_refcounts, Some(true));
         assert_eq!(o.refcount_bits, Some(64));
         assert_eq!(
-            parse_options("compat=0.10").unwrap().unwrap().compat,
+            parse_options("compat=0.10").unwrap().unwrap().0.compat,
             Some(Compat::V2)
         );
         assert!(parse_options("help").unwrap().is_none());

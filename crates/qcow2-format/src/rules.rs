@@ -130,6 +130,12 @@ rules! {
     DD_L2_LAYOUT = "DD-L2-LAYOUT";
     /// A non-empty dedup entry has a cluster-aligned guest offset.
     DD_ENTRY = "DD-ENTRY";
+    /// A non-empty dedup entry's digest is the SHA-256 of the cluster's data.
+    DD_DIGEST = "DD-DIGEST";
+    /// Dedup entries exist only for live uncompressed data clusters.
+    DD_LIVE = "DD-LIVE";
+    /// Dedup table clusters are refcounted metadata that overlap nothing else.
+    DD_REFCOUNT = "DD-REFCOUNT";
     /// L1 entries: reserved bits zero, L2 offset cluster aligned.
     L1_ENTRY = "L1-ENTRY";
     /// Active L1 entries: COPIED is set exactly when the L2 table's refcount is 1.

@@ -86,6 +86,15 @@ impl Image {
     /// [`Image::compress_cluster`], as the content of the guest cluster at
     /// `offset` (cluster aligned). What the cluster held before is released.
     pub fn write_compressed_stream(&self, stream: &[u8], offset: u64) -> Result<()> {
+        self.store_compressed_stream(stream, offset).map(|_| ())
+    }
+
+    /// [`Image::write_compressed_stream`], returning where the stream went.
+    pub(crate) fn store_compressed_stream(
+        &self,
+        stream: &[u8],
+        offset: u64,
+    ) -> Result<CompressedDescriptor> {
         self.check_writable()?;
         let cs = self.layout.cluster_size();
         if stream.is_empty() || stream.len() as u64 >= cs {
@@ -116,7 +125,42 @@ impl Image {
                 cluster,
                 ExtendedL2Mapping::Compressed(descriptor),
             )?;
-            meta.release_mapping(old)
+            meta.release_mapping(old)?;
+            Ok(descriptor)
+        })
+    }
+
+    /// Maps the guest cluster at `offset` (cluster aligned) to an existing
+    /// compressed stream, taking one more reference to each host cluster it
+    /// touches, as QEMU counts them. False (nothing changed) when a
+    /// refcount is at its maximum.
+    pub(crate) fn share_compressed(
+        &self,
+        descriptor: CompressedDescriptor,
+        offset: u64,
+    ) -> Result<bool> {
+        let cs = self.layout.cluster_size();
+        let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
+        let mut meta = self.lock_meta();
+        self.guarded(&mut meta, |meta| {
+            let storage = &*self.storage;
+            let Some((first, count)) = descriptor.host_clusters(self.layout.geometry) else {
+                return Ok(false);
+            };
+            let max = meta.refcounts.order().max_refcount();
+            for c in first.get()..first.get() + count {
+                if meta.refcounts.get(storage, qcow2_format::ClusterIndex(c))? >= max {
+                    return Ok(false);
+                }
+            }
+            for c in first.get()..first.get() + count {
+                meta.refcounts.add_ref(storage, qcow2_format::ClusterIndex(c))?;
+            }
+            let cluster = offset / cs;
+            let old = meta.mapping(storage, cluster)?;
+            meta.set_mapping(storage, cluster, ExtendedL2Mapping::Compressed(descriptor))?;
+            meta.release_mapping(old)?;
+            Ok(true)
         })
     }
 

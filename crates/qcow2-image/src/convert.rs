@@ -15,9 +15,17 @@ use crate::status::ExtentKind;
 
 /// Bytes of source data per worker in one window.
 const WINDOW_BYTES_PER_WORKER: u64 = 2 << 20;
+/// Plain runs are cut at multiples of this many guest bytes (or of the
+/// cluster size, if larger), so the layout of the output does not depend on
+/// the window size, hence not on the thread count.
+const RUN_ALIGN: u64 = 1 << 20;
 /// Source bytes between two write-back hints: the disk then works while
 /// the workers compress, instead of all at the final flush.
 const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Source bytes between two flushes of a deduplicating convert: a flush
+/// frees the clusters that hits made redundant, and later allocations then
+/// reuse them instead of growing the file.
+const DEDUP_FLUSH_EVERY: u64 = 64 << 20;
 
 /// How [`Image::convert_from`] copies.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +46,8 @@ pub struct ConvertStats {
     pub plain: u64,
     /// Clusters skipped because they read as zeros.
     pub zero: u64,
+    /// Clusters that share a copy already written (deduplicated image).
+    pub deduplicated: u64,
 }
 
 /// What became of one cluster of a window.
@@ -58,6 +68,8 @@ struct Window {
     input: Vec<u8>,
     streams: Vec<Vec<u8>>,
     outcomes: Vec<Outcome>,
+    /// Digests of the non-zero clusters when the image deduplicates.
+    digests: Vec<Option<qcow2_dedup::Digest>>,
 }
 
 impl Window {
@@ -68,6 +80,7 @@ impl Window {
             input: Vec::new(),
             streams: Vec::new(),
             outcomes: Vec::new(),
+            digests: Vec::new(),
         }
     }
 }
@@ -128,9 +141,11 @@ impl Image {
         let clusters_per_window = ((WINDOW_BYTES_PER_WORKER * workers) / cs).max(workers);
         let window_bytes = clusters_per_window * cs;
         let mut stats = ConvertStats::default();
+        let mut share = crate::convert_dedup::CompressedShare::default();
         let (mut filling, mut draining) = (Window::new(), Window::new());
         let mut next = 0u64;
         let mut hinted = 0u64;
+        let mut flushed = 0u64;
         loop {
             let more = next < size;
             let start = next;
@@ -143,7 +158,7 @@ impl Image {
                         Ok(())
                     }
                 },
-                || self.drain(&draining, &mut stats),
+                || self.drain(&draining, &mut stats, &mut share),
             );
             written?;
             filled?;
@@ -154,6 +169,10 @@ impl Image {
                     // writes everything.
                     let _ = self.storage.start_writeback();
                     hinted = done;
+                }
+                if self.dedup_enabled() && done - flushed >= DEDUP_FLUSH_EVERY {
+                    self.flush()?;
+                    flushed = done;
                 }
                 progress(done);
             }
@@ -179,6 +198,8 @@ impl Image {
         window.len = len;
         window.outcomes.clear();
         window.outcomes.resize(count, Outcome::Zero);
+        window.digests.clear();
+        window.digests.resize(count, None);
         if !has_data(source, start, len)? {
             return Ok(());
         }
@@ -188,19 +209,25 @@ impl Image {
         if window.streams.len() < count {
             window.streams.resize_with(count, Vec::new);
         }
+        let dedup = self.dedup_enabled();
         window
             .input
             .par_chunks_mut(cs)
             .zip(window.streams.par_iter_mut())
             .zip(window.outcomes.par_iter_mut())
+            .zip(window.digests.par_iter_mut())
             .enumerate()
-            .try_for_each(|(i, ((chunk, stream), outcome))| {
+            .try_for_each(|(i, (((chunk, stream), outcome), digest))| {
                 let offset = start + (i * cs) as u64;
                 let valid = ((start + len - offset) as usize).min(cs);
                 let readable = (source_size.saturating_sub(offset) as usize).min(valid);
                 source.read_at(&mut chunk[..readable], offset)?;
                 chunk[readable..].fill(0);
-                *outcome = if is_zero(chunk) {
+                let zero = is_zero(chunk);
+                if dedup && !zero {
+                    *digest = Some(qcow2_dedup::hash_cluster(chunk));
+                }
+                *outcome = if zero {
                     Outcome::Zero
                 } else if !options.compress {
                     Outcome::Plain
@@ -215,9 +242,15 @@ impl Image {
     }
 
     /// Writes a filled window in guest order; runs of plain clusters go
-    /// out in one write.
-    fn drain(&self, window: &Window, stats: &mut ConvertStats) -> Result<()> {
+    /// out in one write (cut at [`RUN_ALIGN`] boundaries).
+    fn drain(
+        &self,
+        window: &Window,
+        stats: &mut ConvertStats,
+        share: &mut crate::convert_dedup::CompressedShare,
+    ) -> Result<()> {
         let cs = self.cluster_size() as usize;
+        let per_run = (RUN_ALIGN / cs as u64).max(1);
         let valid = |i: usize| ((window.len as usize) - i * cs).min(cs);
         let mut i = 0;
         while i < window.outcomes.len() {
@@ -228,17 +261,45 @@ impl Image {
                     i += 1;
                 }
                 Outcome::Compressed(n) => {
-                    self.write_compressed_stream(&window.streams[i][..n], offset)?;
-                    stats.compressed += 1;
+                    let data = &window.input[i * cs..i * cs + valid(i)];
+                    let shared = match &window.digests[i] {
+                        Some(d) => match share.find(self, d, data)? {
+                            Some(desc) => self.share_compressed(desc, offset)?,
+                            None => false,
+                        },
+                        None => false,
+                    };
+                    if shared {
+                        stats.deduplicated += 1;
+                    } else {
+                        let desc = self.store_compressed_stream(&window.streams[i][..n], offset)?;
+                        if let Some(d) = &window.digests[i] {
+                            share.add(d, desc);
+                        }
+                        stats.compressed += 1;
+                    }
                     i += 1;
                 }
                 Outcome::Plain => {
                     let first = i;
-                    while i < window.outcomes.len() && window.outcomes[i] == Outcome::Plain {
+                    let first_cluster = offset / cs as u64;
+                    while i < window.outcomes.len()
+                        && window.outcomes[i] == Outcome::Plain
+                        && (i == first || (first_cluster + (i - first) as u64) % per_run != 0)
+                    {
                         i += 1;
                     }
                     let end = (i - 1) * cs + valid(i - 1);
-                    self.write_at(&window.input[first * cs..end], offset)?;
+                    let data = &window.input[first * cs..end];
+                    if self.dedup_enabled() {
+                        let hashed = crate::dedup_write::Hashed {
+                            first: first_cluster,
+                            digests: window.digests[first..i].to_vec(),
+                        };
+                        self.write_hashed(data, offset, Some(&hashed))?;
+                    } else {
+                        self.write_at(data, offset)?;
+                    }
                     stats.plain += (i - first) as u64;
                 }
             }

@@ -74,6 +74,12 @@ fn validate(options: &CreateOptions) -> Result<(ClusterGeometry, RefcountOrder)>
     if let Some((name, level)) = &options.compress_format {
         check_compress_format(options, name, *level)?;
     }
+    if options.dedup && (!v3 || options.extended_l2) {
+        return Err(invalid(
+            "dedup",
+            "deduplication needs version 3 (compat=1.1) and standard L2 entries",
+        ));
+    }
     if options.backing_format.is_some() && options.backing_file.is_none() {
         return Err(invalid(
             "backing_fmt",
@@ -229,6 +235,9 @@ impl Image {
         )?;
         if options.preallocation == Preallocation::Metadata {
             image.preallocate_metadata()?;
+        }
+        if options.dedup {
+            image.enable_dedup(false, &mut |_, _| {})?;
         }
         Ok(image)
     }

@@ -31,6 +31,9 @@ pub enum ImageError {
     /// Checking or repairing refcounts failed.
     #[error(transparent)]
     Check(#[from] qcow2_alloc::check::CheckError),
+    /// The dedup table failed or breaks a rule.
+    #[error(transparent)]
+    Dedup(#[from] qcow2_dedup::DedupError),
     /// A compressed cluster could not be decoded or encoded.
     #[error("compressed cluster at host byte {offset:#x}: {source}")]
     Codec {

@@ -44,6 +44,9 @@ pub struct Image {
     pub(crate) layout: Layout,
     /// Set by `close`, so dropping does not flush a second time.
     pub(crate) closed: AtomicBool,
+    /// Writes are deduplicated (mirrors `meta.dedup.is_some()`, readable
+    /// without the lock).
+    pub(crate) dedup_on: AtomicBool,
 }
 
 impl std::fmt::Debug for Image {
@@ -143,10 +146,8 @@ impl Image {
                      `qemu-img bitmap --remove`, or open read-only)",
                 ));
             }
-            if features.dedup() {
-                return Err(unsupported(
-                    "writing a deduplicated image (its dedup table would go stale)",
-                ));
+            if features.dedup() && features.extended_l2 {
+                return Err(unsupported("writing a deduplicated image with extended L2 entries"));
             }
             if h.nb_snapshots > 0 && area.dedup().is_some() {
                 return Err(unsupported("writing a dedup image with snapshots"));
@@ -195,7 +196,13 @@ impl Image {
             header_len,
             poisoned: false,
             compressed_cursor: None,
+            dedup: None,
+            cow_results: Vec::new(),
         };
+        let dedup_on = options.writable && features.dedup();
+        if dedup_on {
+            meta.dedup = Some(crate::dedup_write::load_state(&*storage, &meta)?);
+        }
         if options.writable && meta.area.header.autoclear_features != 0 {
             // We do not maintain bitmaps or anything else an autoclear bit
             // guards; clearing the bits tells other tools so.
@@ -203,8 +210,8 @@ impl Image {
             meta.write_header(&*storage)?;
             crate::meta::sync(&*storage)?;
         }
-        Ok(Self {
-            storage,
+        let image = Self {
+            storage: storage.clone(),
             meta: Mutex::new(meta),
             io: RwLock::new(()),
             backing,
@@ -212,7 +219,19 @@ impl Image {
             writable: options.writable,
             layout,
             closed: AtomicBool::new(false),
-        })
+            dedup_on: AtomicBool::new(dedup_on),
+        };
+        if options.writable && features.dedup_stale && !repaired {
+            // DD-STALE: a table nobody kept up to date is never used for
+            // writing. Index the data afresh, reclaim the old table's
+            // clusters (leaks now), and open the rebuilt image.
+            image.enable_dedup(false, &mut |_, _| {})?;
+            image.close()?;
+            let hook = crate::dedup_write::DedupTableReferences;
+            repair(&*storage, RepairMode::Leaks, &[&hook])?;
+            return Self::open_inner(storage, options, depth, true);
+        }
+        Ok(image)
     }
 
     pub(crate) fn lock_meta(&self) -> MutexGuard<'_, Meta> {
@@ -365,9 +384,9 @@ impl BackingSource for Image {
     }
 }
 
-/// The header area on `storage`: the first cluster (or the whole file
+/// Reads and parses the header area of the image on `storage`: the first cluster (or the whole file
 /// when shorter), parsed once the header says how long a cluster is.
-pub(crate) fn read_area(storage: &dyn Storage) -> Result<HeaderArea> {
+pub fn read_area(storage: &dyn Storage) -> Result<HeaderArea> {
     let file_len = storage
         .len()
         .map_err(|e| ImageError::io("reading the file length", 0, e))?;

@@ -32,6 +32,11 @@ pub(crate) struct Meta {
     /// inside a host cluster that still holds it. `None` = start a fresh
     /// host cluster.
     pub compressed_cursor: Option<HostOffset>,
+    /// The dedup table and index, when the image is deduplicated and open
+    /// for writing.
+    pub dedup: Option<crate::dedup::DedupState>,
+    /// Copy-on-write results of the current write, hashed after it.
+    pub cow_results: Vec<crate::dedup_write::CowResult>,
 }
 
 /// Words of an L2 table read from disk, in native order.
@@ -281,6 +286,7 @@ impl Meta {
             ExtendedL2Mapping::Allocated { host, .. } => {
                 let cluster = self.layout.geometry.host_cluster(host.offset);
                 self.refcounts.release(cluster, 1);
+                self.dedup_note_release(cluster);
             }
             ExtendedL2Mapping::Compressed(d) => {
                 let (first, count) =
@@ -364,21 +370,34 @@ impl Meta {
     /// Writes everything back in the order that keeps the file consistent
     /// at each step: refcount increments, L2 tables, L1 table and header,
     /// then the refcount decrements of dropped references.
+    ///
+    /// With dedup: shared clusters about to keep one referrer are copied
+    /// first; dedup entries go out with the L2 tables (after the data they
+    /// describe is durable) and the level-1 dedup table with the L1 table;
+    /// entries of clusters about to be freed are cleared durably before the
+    /// decrements.
     pub fn flush(&mut self, storage: &dyn Storage) -> Result<()> {
+        self.relocate_survivors(storage)?;
         self.commit_refcounts(storage)?;
         let dirty = self.l2.dirty();
         for l1_index in &dirty {
             self.write_l2(storage, *l1_index)?;
         }
-        if !dirty.is_empty() && (self.l1_dirty.is_some() || self.header_dirty) {
+        let dedup_l1 = self.write_dedup_l2(storage)?;
+        if (!dirty.is_empty() || self.dedup.is_some())
+            && (self.l1_dirty.is_some() || self.header_dirty || dedup_l1)
+        {
             sync(storage)?;
         }
         self.write_l1(storage)?;
+        self.write_dedup_l1(storage)?;
         if self.header_dirty {
             sync(storage)?;
             self.write_header(storage)?;
         }
         sync(storage)?;
+        self.release_replaced_dedup_l1();
+        self.clear_dying_entries(storage)?;
         if self.refcounts.has_pending_releases() {
             self.refcounts.apply_releases(storage)?;
             sync(storage)?;

@@ -46,6 +46,10 @@ pub struct CreateOptions {
     /// extension `0xC03183A3`; QEMU cannot open such images. Excludes a
     /// non-zero `compression_type`.
     pub compress_format: Option<(String, u8)>,
+    /// Deduplicate (the seed extension): an empty dedup table and
+    /// incompatible bit 1. QEMU reads such images as corrupt, hence
+    /// read-only. Needs version 3 and standard L2 entries.
+    pub dedup: bool,
 }
 
 impl CreateOptions {
@@ -63,6 +67,7 @@ impl CreateOptions {
             preallocation: Preallocation::Off,
             compression_type: 0,
             compress_format: None,
+            dedup: false,
         }
     }
 }

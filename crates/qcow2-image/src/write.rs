@@ -9,6 +9,7 @@ use qcow2_format::tables::l2_extended::ExtendedL2Mapping;
 use qcow2_format::HostOffset;
 use qcow2_io::WriteKind;
 
+use crate::dedup_write::{CowResult, Hashed};
 use crate::error::{ImageError, Result};
 use crate::image::Image;
 use crate::meta::Meta;
@@ -16,16 +17,48 @@ use crate::plan;
 
 impl Image {
     /// Writes `data` at guest `offset`.
+    ///
+    /// On a deduplicated image, whole clusters are hashed before any lock
+    /// is taken; a cluster whose content is already stored is mapped to
+    /// that copy instead of being written, and all-zero clusters become
+    /// zero clusters.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
-        let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
-        let mut meta = self.lock_meta();
-        self.check_range(offset, data.len() as u64, meta.size())?;
-        self.guarded(&mut meta, |meta| self.write_locked(meta, data, offset))
+        let hashed = self.hash_for_write(data, offset);
+        self.write_hashed(data, offset, hashed.as_ref())
     }
 
-    /// Writes with both locks held.
+    /// [`Image::write_at`] with the digests already computed.
+    pub(crate) fn write_hashed(
+        &self,
+        data: &[u8],
+        offset: u64,
+        hashed: Option<&Hashed>,
+    ) -> Result<()> {
+        let cow = {
+            let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
+            let mut meta = self.lock_meta();
+            self.check_range(offset, data.len() as u64, meta.size())?;
+            self.guarded(&mut meta, |meta| {
+                self.write_locked_hashed(meta, data, offset, hashed)
+            })?;
+            std::mem::take(&mut meta.cow_results)
+        };
+        self.settle_cow(cow)
+    }
+
+    /// Writes with both locks held (no dedup of whole clusters).
     pub(crate) fn write_locked(&self, meta: &mut Meta, data: &[u8], offset: u64) -> Result<()> {
+        self.write_locked_hashed(meta, data, offset, None)
+    }
+
+    fn write_locked_hashed(
+        &self,
+        meta: &mut Meta,
+        data: &[u8],
+        offset: u64,
+        hashed: Option<&Hashed>,
+    ) -> Result<()> {
         let cs = self.layout.cluster_size();
         let mut pos = 0usize;
         while pos < data.len() {
@@ -34,6 +67,11 @@ impl Image {
             let within = guest % cs;
             let n = (cs - within).min((data.len() - pos) as u64) as usize;
             let mapping = meta.mapping(&*self.storage, cluster)?;
+            let whole = within == 0 && n as u64 == cs;
+            if let Some(digest) = hashed.filter(|_| whole).and_then(|h| h.get(cluster)) {
+                pos += self.write_dedup(meta, cluster, mapping, digest, &data[pos..], hashed)?;
+                continue;
+            }
             if let Some(host) = self.private_host(meta, mapping)? {
                 self.write_in_place(meta, cluster, mapping, host, within, &data[pos..pos + n])?;
                 pos += n;
@@ -109,6 +147,10 @@ impl Image {
         let span_start = u64::from(first) * us;
         let span_end = u64::from(last + 1) * us;
         let aligned = span_start == within && span_end == within + bytes.len() as u64;
+        if meta.dedup.is_some() {
+            let p = layout.geometry.host_cluster(host.offset);
+            meta.dedup_forget_durably(&*self.storage, p)?;
+        }
         if touched & !allocated == 0 || aligned {
             self.write_data(bytes, host.offset.get() + within)?;
         } else {
@@ -214,6 +256,75 @@ impl Image {
             zero,
         };
         meta.set_mapping(&*self.storage, cluster, mapping)?;
+        if meta.dedup.is_some() && span_start == 0 && span_end == cs {
+            // A copy-on-write result: hashed once the locks are released.
+            meta.cow_results.push(CowResult {
+                guest: cluster,
+                host,
+                data: span,
+            });
+        }
         meta.release_mapping(old)
+    }
+
+    /// Writes whole guest cluster `cluster` (and, for a run of fresh
+    /// misses, the clusters after it) on a deduplicated image; `digest` is
+    /// `None` for zeros. Returns the bytes consumed from `data`.
+    fn write_dedup(
+        &self,
+        meta: &mut Meta,
+        cluster: u64,
+        mapping: ExtendedL2Mapping,
+        digest: Option<qcow2_dedup::Digest>,
+        data: &[u8],
+        hashed: Option<&Hashed>,
+    ) -> Result<usize> {
+        let storage = &*self.storage;
+        let cs = self.layout.cluster_size() as usize;
+        let chunk = &data[..cs];
+        let Some(d) = digest else {
+            if self.layout.v3() {
+                self.zero_cluster_locked(meta, cluster)?;
+            } else {
+                self.write_locked(meta, chunk, cluster * cs as u64)?;
+            }
+            return Ok(cs);
+        };
+        if meta.dedup_hit(storage, cluster, mapping, &d, chunk)? {
+            return Ok(cs);
+        }
+        if let Some(host) = self.private_host(meta, mapping)? {
+            self.write_in_place(meta, cluster, mapping, host, 0, chunk)?;
+            let p = self.layout.geometry.host_cluster(host.offset);
+            meta.dedup_index(storage, p, d, cluster)?;
+            return Ok(cs);
+        }
+        // A run of clusters that all need fresh space and are new content
+        // (not indexed, no repeat inside the run).
+        let mut run = vec![d];
+        while (run.len() + 1) * cs <= data.len() {
+            let next = cluster + run.len() as u64;
+            let Some(Some(dn)) = hashed.and_then(|h| h.get(next)) else {
+                break;
+            };
+            let bytes = &data[run.len() * cs..(run.len() + 1) * cs];
+            if run.contains(&dn) || meta.dedup_find(storage, &dn, bytes)?.is_some() {
+                break;
+            }
+            let m = meta.mapping(storage, next)?;
+            if self.private_host(meta, m)?.is_some() {
+                break;
+            }
+            run.push(dn);
+        }
+        let written = self.write_fresh_run(meta, cluster, mapping, &data[..run.len() * cs])?;
+        for (i, dn) in run.iter().enumerate().take(written / cs) {
+            let g = cluster + i as u64;
+            let m = meta.mapping(storage, g)?;
+            if let Some(p) = meta.data_cluster(m) {
+                meta.dedup_index(storage, p, *dn, g)?;
+            }
+        }
+        Ok(written)
     }
 }

@@ -92,6 +92,12 @@ impl Image {
         Ok(())
     }
 
+    /// Turns guest cluster `cluster` into a zero cluster, freeing its host
+    /// cluster (both locks held; version 3).
+    pub(crate) fn zero_cluster_locked(&self, meta: &mut Meta, cluster: u64) -> Result<()> {
+        self.change_units(meta, cluster, self.layout.all(), Mode::Zero { unmap: true })
+    }
+
     fn zero_bytes(&self, meta: &mut Meta, guest: u64, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -141,6 +147,9 @@ impl Image {
                 },
                 Mode::Zero { unmap: false },
             ) if meta.is_private(&*self.storage, host.offset, host.copied)? => {
+                // The kept cluster no longer holds live data.
+                let p = layout.geometry.host_cluster(host.offset);
+                meta.dedup_unindex(&*self.storage, p)?;
                 ExtendedL2Mapping::Allocated {
                     host,
                     allocated: allocated & !mask,

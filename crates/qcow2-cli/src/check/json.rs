@@ -34,10 +34,53 @@ struct Check<'a> {
     format: &'static str,
     #[serde(skip_serializing_if = "is_zero")]
     fragmented_clusters: u64,
+    /// Our own key: the dedup table's findings and numbers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedup: Option<Dedup>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Dedup {
+    indexed_clusters: u64,
+    shared_clusters: u64,
+    bytes_saved: u64,
+    findings: Vec<DedupFindingJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct DedupFindingJson {
+    rule: &'static str,
+    offset: u64,
+    severity: &'static str,
+    message: String,
 }
 
 /// Renders `report` for the image named `filename` (as given on the command line).
-pub fn render(report: &CheckReport, filename: &str) -> Result<Vec<u8>, serde_json::Error> {
+pub fn render(
+    report: &CheckReport,
+    filename: &str,
+    dedup: Option<&qcow2_dedup::Verification>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let dedup = dedup.map(|v| Dedup {
+        indexed_clusters: v.stats.indexed_clusters,
+        shared_clusters: v.stats.shared_clusters,
+        bytes_saved: v.stats.bytes_saved,
+        findings: v
+            .findings
+            .iter()
+            .map(|f| DedupFindingJson {
+                rule: f.rule.as_str(),
+                offset: f.offset,
+                severity: match f.severity {
+                    qcow2_dedup::Severity::Corruption => "corruption",
+                    qcow2_dedup::Severity::Note => "note",
+                },
+                message: f.message.clone(),
+            })
+            .collect(),
+    });
     let check = Check {
         image_end_offset: report.image_end_offset,
         compressed_clusters: report.compressed_clusters,
@@ -51,6 +94,7 @@ pub fn render(report: &CheckReport, filename: &str) -> Result<Vec<u8>, serde_jso
         filename,
         format: "qcow2",
         fragmented_clusters: report.fragmented_clusters,
+        dedup,
     };
     let mut out = Vec::new();
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
@@ -74,7 +118,7 @@ mod tests {
             fragmented_clusters: 1,
             ..CheckReport::default()
         };
-        let text = String::from_utf8(render(&report, "leak.qcow2").unwrap()).unwrap();
+        let text = String::from_utf8(render(&report, "leak.qcow2", None).unwrap()).unwrap();
         assert_eq!(
             text,
             "{\n    \"image-end-offset\": 720896,\n    \"total-clusters\": 64,\n    \"check-errors\": 0,\n    \"leaks\": 1,\n    \"allocated-clusters\": 2,\n    \"filename\": \"leak.qcow2\",\n    \"format\": \"qcow2\",\n    \"fragmented-clusters\": 1\n}\n"

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use qcow2_alloc::check::{self, CheckReport};
 use qcow2_alloc::repair::{self, RepairMode};
-use qcow2_io::FileStorage;
+use qcow2_image::DedupTableReferences;
+use qcow2_io::{FileStorage, Storage};
+use std::sync::Arc;
 
 use crate::error::CliError;
 
@@ -118,14 +120,16 @@ fn print_findings(report: &CheckReport) {
 
 /// Runs `check` and returns the exit status qemu-img would.
 pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
-    let storage =
+    let storage: Arc<dyn Storage> = Arc::new(
         FileStorage::open(&args.file, args.repair.is_some()).map_err(|source| CliError::Io {
             path: args.file.clone(),
             source,
-        })?;
+        })?,
+    );
     let filename = args.file.to_string_lossy();
+    let hook = DedupTableReferences;
     let outcome = match args.repair {
-        None => check::check(&storage, &[]).map(|report| {
+        None => check::check(&*storage, &[&hook]).map(|report| {
             print_findings(&report);
             (None, report)
         }),
@@ -134,7 +138,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
                 RepairArg::Leaks => RepairMode::Leaks,
                 RepairArg::All => RepairMode::All,
             };
-            repair::repair(&storage, mode, &[]).map(|done| {
+            repair::repair(&*storage, mode, &[&hook]).map(|done| {
                 print_findings(&done.repair_pass);
                 if let Some(recheck) = &done.recheck {
                     print_findings(recheck);
@@ -144,8 +148,15 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
             })
         }
     };
-    let (repaired, report) = match outcome {
+    let (repaired, mut report) = match outcome {
         Ok(done) => done,
+        Err(e) => {
+            eprintln!("qcow2: Check failed: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let dedup = match dedup_pass(&storage, args, &mut report) {
+        Ok(v) => v,
         Err(e) => {
             eprintln!("qcow2: Check failed: {e}");
             return Ok(ExitCode::from(1));
@@ -153,15 +164,58 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
     };
     let bytes = match args.output {
         OutputFormat::Human => human::render(&report, repaired.as_ref()).into_bytes(),
-        OutputFormat::Json => {
-            json::render(&report, &filename).map_err(|e| CliError::Output(io::Error::other(e)))?
-        }
+        OutputFormat::Json => json::render(&report, &filename, dedup.as_ref())
+            .map_err(|e| CliError::Output(io::Error::other(e)))?,
     };
     io::stdout()
         .lock()
         .write_all(&bytes)
         .map_err(CliError::Output)?;
     Ok(exit_code(&report))
+}
+
+/// The dedup side of a check: `-r all` rebuilds the table (and the refcount
+/// numbers are taken again afterwards); every entry is then verified, each
+/// problem printed with its rule and counted as a corruption; a stale table
+/// is a note.
+fn dedup_pass(
+    storage: &Arc<dyn Storage>,
+    args: &CheckArgs,
+    report: &mut CheckReport,
+) -> Result<Option<qcow2_dedup::Verification>, String> {
+    let area = qcow2_image::read_header_area(&**storage).map_err(|e| e.to_string())?;
+    if area.dedup().is_none() {
+        return Ok(None);
+    }
+    let hook = DedupTableReferences;
+    let mut area = area;
+    if matches!(args.repair, Some(RepairArg::All)) {
+        qcow2_image::rebuild_dedup(storage.clone()).map_err(|e| e.to_string())?;
+        *report = check::check(&**storage, &[&hook]).map_err(|e| e.to_string())?;
+        print_findings(report);
+        area = qcow2_image::read_header_area(&**storage).map_err(|e| e.to_string())?;
+    }
+    let stale = area.header.incompatible_features & qcow2_format::features::INCOMPAT_BIT1 == 0;
+    if stale {
+        eprintln!(
+            "Note {}: the dedup table is stale (incompatible bit 1 is clear); it is not \
+             used for writing, and `check -r all` rebuilds it",
+            qcow2_format::rules::DD_STALE
+        );
+        return Ok(None);
+    }
+    let verification = qcow2_dedup::verify(&**storage, &area).map_err(|e| e.to_string())?;
+    for f in &verification.findings {
+        let kind = match f.severity {
+            qcow2_dedup::Severity::Corruption => {
+                report.corruptions += 1;
+                "ERROR"
+            }
+            qcow2_dedup::Severity::Note => "Note",
+        };
+        eprintln!("{kind} {} at {:#x}: {}", f.rule, f.offset, f.message);
+    }
+    Ok(Some(verification))
 }
 
 /// qemu-img's exit status for a completed check.

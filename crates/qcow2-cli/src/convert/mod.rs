@@ -34,6 +34,13 @@ brotli; the seed compress format extension, which QEMU cannot read).
 Compressed streams are packed back to back into host clusters, as QEMU
 packs them.
 
+--dedup (same as -o dedup=on) deduplicates the destination: clusters are
+hashed (SHA-256) by the workers, and a cluster whose content was already
+written shares that copy instead of being written again; with -c,
+duplicates share one compressed stream. The output does not depend on
+--threads: every sharing decision is taken by the in-order writer. QEMU
+opens deduplicated images read-only (see `qcow2 create --help`).
+
 A qcow2 destination is created with the defaults of `qcow2 create` unless
 -o says otherwise (see `qcow2 create --help` for the options); it passes
 `qemu-img check` and is readable by QEMU and every qcow2 command. A raw
@@ -70,6 +77,10 @@ pub struct ConvertArgs {
     #[arg(long = "compress-format", value_name = "NAME[:LEVEL]")]
     pub compress_format: Option<String>,
 
+    /// Deduplicate the destination (same as -o dedup=on).
+    #[arg(long = "dedup")]
+    pub dedup: bool,
+
     /// Worker threads reading and compressing (default: one per core).
     #[arg(long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
@@ -98,6 +109,11 @@ pub struct ConvertArgs {
 
 /// Runs `convert`.
 pub fn run(args: &ConvertArgs) -> Result<(), CliError> {
+    if args.output_format == Format::Raw && args.dedup {
+        return Err(CliError::Usage(
+            "--dedup needs a qcow2 destination (-O qcow2)".into(),
+        ));
+    }
     if args.output_format == Format::Raw && (args.compress || args.compress_format.is_some()) {
         return Err(CliError::Usage(
             "compression needs a qcow2 destination (-O qcow2)".into(),
@@ -119,7 +135,8 @@ pub fn run(args: &ConvertArgs) -> Result<(), CliError> {
             dst.close()?;
         }
         Format::Qcow2 => {
-            let image = create_qcow2(args, size)?;
+            let (image, verify) = create_qcow2(args, size)?;
+            image.set_dedup_verify(verify);
             let options = ConvertOptions {
                 compress: args.compress,
                 threads: args.threads.map(usize::from),
@@ -136,7 +153,7 @@ pub fn run(args: &ConvertArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn create_qcow2(args: &ConvertArgs, size: u64) -> Result<Image, CliError> {
+fn create_qcow2(args: &ConvertArgs, size: u64) -> Result<(Image, bool), CliError> {
     let mut requested = Requested::default();
     for list in &args.options {
         requested.apply(list)?;
@@ -145,12 +162,16 @@ fn create_qcow2(args: &ConvertArgs, size: u64) -> Result<Image, CliError> {
         return Err(CliError::NotYet("convert onto a backing file"));
     }
     requested.size = Some(size);
+    if args.dedup {
+        requested.dedup = Some(true);
+    }
     if let Some(cf) = &args.compress_format {
         requested.apply_compress_format(cf)?;
     }
     let options = requested.to_create_options()?;
     let storage = FileStorage::create(&args.destination, true)
         .map_err(|e| CliError::io(&args.destination, e))?;
-    Image::create(Arc::new(storage), &options, BackingMode::Ignore)
-        .map_err(|e| CliError::image(&args.destination, e))
+    let image = Image::create(Arc::new(storage), &options, BackingMode::Ignore)
+        .map_err(|e| CliError::image(&args.destination, e))?;
+    Ok((image, requested.dedup_verify.unwrap_or(false)))
 }

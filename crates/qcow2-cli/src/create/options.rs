@@ -30,7 +30,16 @@ Creation options (-o name=value,...; several -o are merged):
                          such images, every qcow2 command can). Same as
                          --compress-format NAME[:LEVEL]
   compress_level=N       level for compress_format: 0 = the codec's default,
-                         1 (fastest) up to 9 (zlib), 22 (zstd), 12 (brotli)";
+                         1 (fastest) up to 9 (zlib), 22 (zstd), 12 (brotli)
+  dedup=on|off           deduplicate (the seed extension): clusters with the
+                         same SHA-256 share one copy; sets incompatible bit 1,
+                         which QEMU reads as its corrupt bit, so QEMU opens
+                         such images read-only (`qcow2 amend -o dedup=off`
+                         makes them plain qcow2 again). Needs compat=1.1 and
+                         no extended_l2
+  dedup_verify=on|off    compare the bytes of every dedup hit instead of
+                         trusting the digest (applies to the writes of the
+                         command that gets it: convert, amend)";
 
 /// The options as typed: `None` for what was not given.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -59,6 +68,10 @@ pub struct Requested {
     pub compress_format: Option<String>,
     /// `compress_level`.
     pub compress_level: Option<u8>,
+    /// `dedup`.
+    pub dedup: Option<bool>,
+    /// `dedup_verify`.
+    pub dedup_verify: Option<bool>,
 }
 
 fn bad(name: &str, value: &str, expected: &str) -> CliError {
@@ -120,6 +133,8 @@ impl Requested {
                 _ => return Err(bad(name, value, "zlib or zstd")),
             },
             "compress_format" => self.compress_format = Some(value.to_string()),
+            "dedup" => self.dedup = Some(parse_bool(name, value)?),
+            "dedup_verify" => self.dedup_verify = Some(parse_bool(name, value)?),
             "compress_level" => {
                 self.compress_level = Some(
                     value
@@ -185,6 +200,7 @@ impl Requested {
             options.preallocation = Preallocation::Metadata;
         }
         options.compression_type = u8::from(self.compression_type.as_deref() == Some("zstd"));
+        options.dedup = self.dedup.unwrap_or(false);
         match (&self.compress_format, self.compress_level) {
             (Some(name), level) => {
                 options.compress_format = Some((name.clone(), level.unwrap_or(0)));
@@ -222,6 +238,9 @@ impl Requested {
         line += &format!(" compression_type={codec}");
         if let Some((name, level)) = &options.compress_format {
             line += &format!(" compress_format={name} compress_level={level}");
+        }
+        if options.dedup {
+            line += " dedup=on";
         }
         line += &format!(" size={}", options.size);
         if let Some(b) = &options.backing_file {
