@@ -2,7 +2,8 @@
 //! level-2 dedup clusters in a bounded write-back cache.
 //!
 //! Ordering is the caller's: entries describe data, so dirty level-2
-//! clusters may only be written once the data they describe is durable
+//! clusters may only be written once the data they describe and the L2
+//! entries that map it are durable
 //! ([`DedupTable::write_l2`]); a new level-2 cluster must be durable before
 //! the level-1 entry naming it ([`DedupTable::write_l1`] after a storage
 //! flush); a grown level-1 table is written whole at a new place and only
@@ -35,6 +36,9 @@ pub trait ClusterAllocator {
 struct Slot {
     offset: HostOffset,
     data: Vec<u8>,
+    /// What the storage holds while the slot is dirty (`None` for a new
+    /// cluster the level-1 table does not name on disk yet).
+    disk: Option<Vec<u8>>,
     dirty: bool,
     last_use: u64,
 }
@@ -185,8 +189,7 @@ impl DedupTable {
 
     /// Sets (or with `None` clears) the entry of physical cluster `p`,
     /// growing the level-1 table and allocating a level-2 dedup cluster
-    /// when needed. Nothing reaches the storage until the write calls,
-    /// except a dirty cluster evicted from the cache (after a storage flush).
+    /// when needed. No entry reaches the storage before the write calls.
     pub fn set(
         &mut self,
         storage: &dyn Storage,
@@ -212,6 +215,7 @@ impl DedupTable {
                 Slot {
                     offset,
                     data: vec![0; self.geometry.cluster_size() as usize],
+                    disk: None,
                     dirty: true,
                     last_use: self.clock,
                 },
@@ -223,9 +227,46 @@ impl DedupTable {
         let slot = self
             .slot(storage, at.l1)?
             .ok_or_else(|| DedupError::Alloc("level-2 dedup cluster vanished".into()))?;
+        if !slot.dirty {
+            slot.disk = Some(slot.data.clone());
+        }
         dedup_table::encode_l2_entry_at(&mut slot.data, at.l2, entry, geometry)?;
         slot.dirty = true;
         Ok(())
+    }
+
+    /// Writes only the cleared entries of every dirty level-2 cluster (the
+    /// stored bytes with those entries zeroed), so entries can be made to
+    /// disappear durably before the references to their clusters drop,
+    /// while new entries still wait for their mappings to be durable.
+    /// Returns whether anything was written.
+    pub fn write_clears(&mut self, storage: &dyn Storage) -> Result<bool> {
+        let mut wrote = false;
+        let n = dedup_table::entries_per_l2(self.geometry) as usize;
+        let size = dedup_table::DEDUP_ENTRY_SIZE;
+        for slot in self.cache.values_mut().filter(|s| s.dirty) {
+            let Some(disk) = slot.disk.as_mut() else {
+                continue;
+            };
+            let mut changed = false;
+            for i in 0..n {
+                let r = i * size..(i + 1) * size;
+                let now_empty = slot.data[r.clone()].iter().all(|&b| b == 0);
+                if now_empty && disk[r.clone()].iter().any(|&b| b != 0) {
+                    disk[r].fill(0);
+                    changed = true;
+                }
+            }
+            if changed {
+                storage
+                    .write_at(disk, slot.offset.get(), WriteKind::DedupTable)
+                    .map_err(|e| {
+                        DedupError::io("writing a level-2 dedup cluster", slot.offset.get(), e)
+                    })?;
+                wrote = true;
+            }
+        }
+        Ok(wrote)
     }
 
     /// Whether anything waits to be written.
@@ -340,6 +381,7 @@ impl DedupTable {
                 Slot {
                     offset,
                     data,
+                    disk: None,
                     dirty: false,
                     last_use: 0,
                 },
@@ -356,21 +398,20 @@ impl DedupTable {
         if self.cache.len() < self.max_cached {
             return Ok(());
         }
+        // Only clean clusters are evicted: a dirty entry may describe a
+        // cluster whose mapping is not durable yet, and only the image's
+        // ordered flush knows when it is. Dirty clusters are bounded by
+        // what one flush interval changes.
         let victim = self
             .cache
             .iter()
-            .min_by_key(|(_, s)| (s.dirty, s.last_use))
-            .map(|(&k, s)| (k, s.dirty));
-        if let Some((k, dirty)) = victim {
-            if dirty {
-                // Entries describe data: it must be durable first.
-                storage
-                    .flush()
-                    .map_err(|e| DedupError::io("flushing the image file", 0, e))?;
-                self.write_slot(storage, k)?;
-            }
+            .filter(|(_, s)| !s.dirty)
+            .min_by_key(|(_, s)| s.last_use)
+            .map(|(&k, _)| k);
+        if let Some(k) = victim {
             self.cache.remove(&k);
         }
+        let _ = storage;
         Ok(())
     }
 
@@ -383,6 +424,7 @@ impl DedupTable {
                         DedupError::io("writing a level-2 dedup cluster", slot.offset.get(), e)
                     })?;
                 slot.dirty = false;
+                slot.disk = None;
             }
         }
         Ok(())

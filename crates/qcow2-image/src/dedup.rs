@@ -182,13 +182,17 @@ impl Meta {
         if !self.dedup_unindex(storage, p)? {
             return Ok(());
         }
-        // Other dirty entries may describe data written since the last
-        // flush: make that durable before any entry goes out.
-        sync(storage)?;
+        self.write_dedup_clears(storage)
+    }
+
+    /// Makes every cleared entry durable (new entries keep waiting).
+    pub fn write_dedup_clears(&mut self, storage: &dyn Storage) -> Result<()> {
         if let Some(state) = self.dedup.as_mut() {
-            state.table.write_l2(storage)?;
+            if state.table.write_clears(storage)? {
+                sync(storage)?;
+            }
         }
-        sync(storage)
+        Ok(())
     }
 
     /// Maps guest cluster `guest` (now `old`) to an indexed cluster holding
@@ -329,27 +333,22 @@ impl Meta {
         Ok(found)
     }
 
-    /// Before queued releases are applied: entries of clusters whose
-    /// refcount reaches zero are cleared and made durable.
+    /// Before the L2 tables that drop references are written: entries of
+    /// clusters whose refcount will reach zero are cleared, durably, so no
+    /// crash leaves an entry for an unreferenced (leaked, later freed)
+    /// cluster.
     pub fn clear_dying_entries(&mut self, storage: &dyn Storage) -> Result<()> {
         let Some(state) = self.dedup.as_mut() else {
             return Ok(());
         };
         let pending = std::mem::take(&mut state.pending);
-        let mut cleared = false;
         for (p, n) in pending {
             let pc = ClusterIndex(p);
             if self.refcounts.get(storage, pc)? <= n {
-                cleared |= self.dedup_unindex(storage, pc)?;
+                self.dedup_unindex(storage, pc)?;
             }
         }
-        if cleared {
-            if let Some(state) = self.dedup.as_mut() {
-                state.table.write_l2(storage)?;
-            }
-            sync(storage)?;
-        }
-        Ok(())
+        self.write_dedup_clears(storage)
     }
 
     /// Writes the dedup table after the L2 tables (data is durable by now);

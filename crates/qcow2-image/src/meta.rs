@@ -372,32 +372,37 @@ impl Meta {
     /// then the refcount decrements of dropped references.
     ///
     /// With dedup: shared clusters about to keep one referrer are copied
-    /// first; dedup entries go out with the L2 tables (after the data they
-    /// describe is durable) and the level-1 dedup table with the L1 table;
+    /// first; dedup entries go out after the L2 tables are durable, and the
+    /// level-1 dedup table after the level-2 clusters it names;
     /// entries of clusters about to be freed are cleared durably before the
     /// decrements.
     pub fn flush(&mut self, storage: &dyn Storage) -> Result<()> {
         self.relocate_survivors(storage)?;
+        self.clear_dying_entries(storage)?;
         self.commit_refcounts(storage)?;
         let dirty = self.l2.dirty();
         for l1_index in &dirty {
             self.write_l2(storage, *l1_index)?;
         }
-        let dedup_l1 = self.write_dedup_l2(storage)?;
-        if (!dirty.is_empty() || self.dedup.is_some())
-            && (self.l1_dirty.is_some() || self.header_dirty || dedup_l1)
-        {
+        let dedup_dirty = self.dedup.as_ref().is_some_and(|d| d.table.is_dirty());
+        if !dirty.is_empty() && (self.l1_dirty.is_some() || self.header_dirty || dedup_dirty) {
             sync(storage)?;
         }
+        // Entries only once the L2 entries that map their clusters are
+        // durable: a crash must not leave an entry for an unreferenced
+        // cluster, which a leak repair could free and reuse.
+        let dedup_l1 = self.write_dedup_l2(storage)?;
         self.write_l1(storage)?;
-        self.write_dedup_l1(storage)?;
+        if dedup_l1 {
+            sync(storage)?;
+            self.write_dedup_l1(storage)?;
+        }
         if self.header_dirty {
             sync(storage)?;
             self.write_header(storage)?;
         }
         sync(storage)?;
         self.release_replaced_dedup_l1();
-        self.clear_dying_entries(storage)?;
         if self.refcounts.has_pending_releases() {
             self.refcounts.apply_releases(storage)?;
             sync(storage)?;

@@ -323,6 +323,9 @@ pub enum Op {
     Resize(u64),
     /// `flush`: everything before it must survive any later crash.
     Flush,
+    /// Offline deduplication (`amend -o dedup=on`): the table is built and,
+    /// with `merge`, duplicate clusters are merged. Content is unchanged.
+    Dedup { merge: bool },
 }
 
 impl Op {
@@ -334,7 +337,7 @@ impl Op {
             | Op::Discard { offset, len } => Some((offset, offset + len)),
             Op::Resize(new) if new < size => Some((new, size)),
             Op::Resize(new) => Some((size, new)),
-            Op::Flush => None,
+            Op::Flush | Op::Dedup { .. } => None,
         }
     }
 }
@@ -563,6 +566,7 @@ pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>, died: &dyn Fn() -> 
                 image.resize(size)
             }
             Op::Flush => image.flush(),
+            Op::Dedup { merge } => image.enable_dedup(merge, &mut |_, _| {}).map(|_| ()),
         };
         if let Err(e) = outcome {
             result.error = Some(format!("step {i} ({op:?}): {e}"));
@@ -623,10 +627,79 @@ pub fn qemu_check(path: &Path) -> Result<u64, String> {
     Ok(get("leaks"))
 }
 
+/// Clusters the dedup table occupies (QEMU sees them as leaks).
+pub fn dedup_table_clusters(bytes: &[u8]) -> u64 {
+    let storage = MemoryStorage::from_bytes(bytes.to_vec());
+    let Ok(area) = qcow2_image::read_header_area(&storage) else {
+        return 0;
+    };
+    let cs = area.header.geometry().map(|g| g.cluster_size()).unwrap_or(512);
+    qcow2_dedup::table_ranges(&storage, &area)
+        .map(|r| r.iter().map(|(_, len)| len.div_ceil(cs)).sum())
+        .unwrap_or(0)
+}
+
+/// The dedup table of a crashed image must describe its data exactly
+/// (digests match, entries only for live data), so no later hit can return
+/// wrong data.
+pub fn dedup_check(bytes: &[u8]) -> Result<(), String> {
+    let storage = MemoryStorage::from_bytes(bytes.to_vec());
+    let area = qcow2_image::read_header_area(&storage).map_err(|e| e.to_string())?;
+    if area.dedup().is_none() {
+        return Ok(());
+    }
+    let v = qcow2_dedup::verify(&storage, &area).map_err(|e| format!("dedup verify: {e}"))?;
+    let bad: Vec<String> = v
+        .findings
+        .iter()
+        .filter(|f| f.severity == qcow2_dedup::Severity::Corruption)
+        .map(|f| format!("{}: {}", f.rule, f.message))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("dedup table: {}", bad.join("; ")))
+    }
+}
+
+/// Opens the crashed image for writing, writes every payload of the
+/// workload again (so dedup hits happen on whatever the crash left) and
+/// reads each back: a hit on a wrong entry would return other data.
+pub fn rewrite_check(w: &Workload, bytes: Vec<u8>) -> Result<(), String> {
+    let image = Image::open(
+        Arc::new(MemoryStorage::from_bytes(bytes)),
+        OpenOptions {
+            writable: true,
+            backing: backing_mode(&w.backing),
+        },
+    )
+    .map_err(|e| format!("reopen for writing: {e}"))?;
+    for (i, op) in w.ops.iter().enumerate() {
+        if let Op::Write { offset, .. } = *op {
+            let data = &w.payloads[i];
+            if offset + data.len() as u64 > image.size() {
+                continue;
+            }
+            image
+                .write_at(data, offset)
+                .map_err(|e| format!("rewrite of step {i}: {e}"))?;
+            let mut got = vec![0u8; data.len()];
+            image
+                .read_at(&mut got, offset)
+                .map_err(|e| format!("read back of step {i}: {e}"))?;
+            if &got != data {
+                return Err(format!("step {i} rewritten after the crash reads back wrong"));
+            }
+        }
+    }
+    image.close().map_err(|e| format!("close after rewrite: {e}"))
+}
+
 /// The engine's own check: no corruption, no check error.
 pub fn engine_check(bytes: &[u8]) -> Result<u64, String> {
     let storage = MemoryStorage::from_bytes(bytes.to_vec());
-    match qcow2_alloc::check::check(&storage, &[]) {
+    let hook = qcow2_image::DedupTableReferences;
+    match qcow2_alloc::check::check(&storage, &[&hook]) {
         Ok(report) if report.corruptions == 0 && report.check_errors == 0 => Ok(report.leaks),
         Ok(report) => {
             let mut text = format!(
@@ -797,7 +870,7 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
     std::fs::write(&path, &bytes).expect("write image");
     summary.clean_image = bytes.clone();
     match qemu_check(&path) {
-        Ok(0) => {}
+        Ok(leaks) if leaks == dedup_table_clusters(&bytes) => {}
         Ok(leaks) => summary
             .failures
             .push(format!("{}: clean run leaks {leaks} clusters", w.name)),
@@ -896,6 +969,14 @@ pub fn crash_workload(w: &Workload, caps: Caps, dir: &Path) -> Summary {
             summary.times[2] += t.elapsed();
             if let Err(e) = engine {
                 summary.failures.push(format!("{label}: {e}"));
+            }
+            if let Err(e) = dedup_check(&bytes) {
+                summary.failures.push(format!("{label}: {e}"));
+            }
+            if dedup_table_clusters(&bytes) > 0 {
+                if let Err(e) = rewrite_check(w, bytes.clone()) {
+                    summary.failures.push(format!("{label}: {e}"));
+                }
             }
             let t = Instant::now();
             let content = verify_content(w, bytes, &run);
