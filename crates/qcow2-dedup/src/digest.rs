@@ -60,10 +60,7 @@ mod tests {
     fn known_vector() {
         // FIPS 180-2 test vector "abc".
         let d = hash_cluster(b"abc");
-        assert_eq!(
-            d[..8],
-            [0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea]
-        );
+        assert_eq!(d[..8], [0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea]);
     }
 
     #[test]

@@ -190,7 +190,10 @@ mod tests {
         }
         assert_eq!(index.len(), 20_000);
         for i in 0..20_000u64 {
-            assert!(index.candidates(&d(i)).contains(&ClusterIndex(i * 3)), "{i}");
+            assert!(
+                index.candidates(&d(i)).contains(&ClusterIndex(i * 3)),
+                "{i}"
+            );
         }
         for i in (0..20_000u64).step_by(2) {
             assert!(index.remove(&d(i), ClusterIndex(i * 3)));
@@ -214,7 +217,12 @@ mod tests {
                 assert!(per <= 16.0, "{per} bytes per entry at {i}");
             }
         }
-        let built = DigestIndex::build((0..100_000u64).map(|i| (d(i), ClusterIndex(i))).collect::<Vec<_>>().into_iter());
+        let built = DigestIndex::build(
+            (0..100_000u64)
+                .map(|i| (d(i), ClusterIndex(i)))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         assert!(built.memory_bytes() as f64 / built.len() as f64 <= 12.0);
     }
 
@@ -228,6 +236,9 @@ mod tests {
         assert_eq!(c, vec![ClusterIndex(5), ClusterIndex(9)]);
         assert!(!index.insert(&d(2), ClusterIndex(MAX_INDEXED_CLUSTER + 1)));
         assert!(index.insert(&d(2), ClusterIndex(MAX_INDEXED_CLUSTER)));
-        assert_eq!(index.candidates(&d(2)), vec![ClusterIndex(MAX_INDEXED_CLUSTER)]);
+        assert_eq!(
+            index.candidates(&d(2)),
+            vec![ClusterIndex(MAX_INDEXED_CLUSTER)]
+        );
     }
 }

@@ -58,7 +58,9 @@ pub fn walk_active(
         .read_at(&mut l1, l1_at)
         .map_err(|e| DedupError::io("reading the L1 table", l1_at, e))?;
     let per = geometry.l2_entries(extended);
-    let file_len = storage.len().map_err(|e| DedupError::io("reading the file length", 0, e))?;
+    let file_len = storage
+        .len()
+        .map_err(|e| DedupError::io("reading the file length", 0, e))?;
     let cs = geometry.cluster_size();
     let all = if extended { u32::MAX } else { 1 };
     let mut table = vec![0u8; cs as usize];
@@ -209,7 +211,9 @@ fn read_table(
     let Some(d) = area.dedup() else {
         return Ok(Vec::new());
     };
-    let file_len = storage.len().map_err(|e| DedupError::io("reading the file length", 0, e))?;
+    let file_len = storage
+        .len()
+        .map_err(|e| DedupError::io("reading the file length", 0, e))?;
     let size = u64::from(d.l1_size);
     let at = d.l1_offset.get();
     if size > MAX_DEDUP_L1_ENTRIES || at.saturating_add(size * 8) > file_len {
@@ -269,7 +273,12 @@ fn read_table(
                     l2.get() + i * dedup_table::DEDUP_ENTRY_SIZE as u64,
                 )),
                 Ok(None) => {}
-                Err(e) => findings.push(finding(e.rule, e.offset, Severity::Corruption, e.to_string())),
+                Err(e) => findings.push(finding(
+                    e.rule,
+                    e.offset,
+                    Severity::Corruption,
+                    e.to_string(),
+                )),
             }
         }
     }
@@ -383,7 +392,9 @@ pub fn table_ranges(storage: &dyn Storage, area: &HeaderArea) -> Result<Vec<(Hos
         return Ok(Vec::new());
     };
     let geometry = area.header.geometry()?;
-    let file_len = storage.len().map_err(|e| DedupError::io("reading the file length", 0, e))?;
+    let file_len = storage
+        .len()
+        .map_err(|e| DedupError::io("reading the file length", 0, e))?;
     let len = u64::from(d.l1_size) * 8;
     if len == 0
         || u64::from(d.l1_size) > MAX_DEDUP_L1_ENTRIES

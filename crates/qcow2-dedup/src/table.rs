@@ -133,10 +133,18 @@ impl DedupTable {
                 WriteKind::DedupTable,
             )
             .map_err(|e| DedupError::io("writing the level-1 dedup table", offset.get(), e))?;
-        Ok(Self::with_l1(geometry, offset, vec![None; entries as usize]))
+        Ok(Self::with_l1(
+            geometry,
+            offset,
+            vec![None; entries as usize],
+        ))
     }
 
-    fn with_l1(geometry: ClusterGeometry, l1_offset: HostOffset, l1: Vec<Option<HostOffset>>) -> Self {
+    fn with_l1(
+        geometry: ClusterGeometry,
+        l1_offset: HostOffset,
+        l1: Vec<Option<HostOffset>>,
+    ) -> Self {
         Self {
             geometry,
             l1_offset,

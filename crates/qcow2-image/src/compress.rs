@@ -154,7 +154,8 @@ impl Image {
                 }
             }
             for c in first.get()..first.get() + count {
-                meta.refcounts.add_ref(storage, qcow2_format::ClusterIndex(c))?;
+                meta.refcounts
+                    .add_ref(storage, qcow2_format::ClusterIndex(c))?;
             }
             let cluster = offset / cs;
             let old = meta.mapping(storage, cluster)?;

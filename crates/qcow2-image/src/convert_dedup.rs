@@ -34,7 +34,9 @@ impl CompressedShare {
             };
             self.scratch.resize(cs, 0);
             plan::decompress(&image.readers(), d, &mut self.scratch)?;
-            if self.scratch[..data.len()] == *data && self.scratch[data.len()..].iter().all(|&b| b == 0) {
+            if self.scratch[..data.len()] == *data
+                && self.scratch[data.len()..].iter().all(|&b| b == 0)
+            {
                 return Ok(Some(d));
             }
         }

@@ -46,7 +46,11 @@ pub(crate) struct DedupState {
 pub(crate) struct TableAlloc<'a>(pub &'a mut Refcounts);
 
 impl ClusterAllocator for TableAlloc<'_> {
-    fn allocate(&mut self, storage: &dyn Storage, clusters: u64) -> qcow2_dedup::Result<HostOffset> {
+    fn allocate(
+        &mut self,
+        storage: &dyn Storage,
+        clusters: u64,
+    ) -> qcow2_dedup::Result<HostOffset> {
         self.0
             .allocate(storage, clusters)
             .map_err(|e| qcow2_dedup::DedupError::Alloc(e.to_string()))
@@ -85,7 +89,9 @@ impl Meta {
         match mapping {
             ExtendedL2Mapping::Allocated {
                 host, allocated, ..
-            } if allocated == self.layout.all() => Some(self.layout.geometry.host_cluster(host.offset)),
+            } if allocated == self.layout.all() => {
+                Some(self.layout.geometry.host_cluster(host.offset))
+            }
             _ => None,
         }
     }
@@ -153,9 +159,12 @@ impl Meta {
             hash: digest,
             guest_offset: GuestOffset(guest * cs),
         };
-        state
-            .table
-            .set(storage, &mut TableAlloc(&mut self.refcounts), p, Some(entry))?;
+        state.table.set(
+            storage,
+            &mut TableAlloc(&mut self.refcounts),
+            p,
+            Some(entry),
+        )?;
         state.index.insert(&digest, p);
         Ok(())
     }

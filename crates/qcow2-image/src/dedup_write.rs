@@ -75,11 +75,12 @@ impl ExtraReferences for DedupTableReferences {
         image: &ImageView<'_>,
         refs: &mut References<'_, '_>,
     ) -> CheckResult<()> {
-        let ranges = qcow2_dedup::table_ranges(image.storage, image.area)
-            .map_err(|e| qcow2_alloc::check::CheckError::Extra {
+        let ranges = qcow2_dedup::table_ranges(image.storage, image.area).map_err(|e| {
+            qcow2_alloc::check::CheckError::Extra {
                 name: "dedup table".into(),
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         for (offset, len) in ranges {
             refs.add(offset, len, "dedup table", rules::DD_REFCOUNT);
         }

@@ -147,7 +147,9 @@ impl Image {
                 ));
             }
             if features.dedup() && features.extended_l2 {
-                return Err(unsupported("writing a deduplicated image with extended L2 entries"));
+                return Err(unsupported(
+                    "writing a deduplicated image with extended L2 entries",
+                ));
             }
             if h.nb_snapshots > 0 && area.dedup().is_some() {
                 return Err(unsupported("writing a dedup image with snapshots"));

@@ -44,7 +44,11 @@ fn run(w: &Workload) {
         .iter()
         .find(|(k, _)| *k == qcow2_io::WriteKind::DedupTable)
         .map_or(0, |(_, n)| *n);
-    assert!(dedup_writes > 0, "{}: the dedup table was never written", w.name);
+    assert!(
+        dedup_writes > 0,
+        "{}: the dedup table was never written",
+        w.name
+    );
     assert_no_failures(&summary);
 }
 
@@ -80,7 +84,12 @@ fn crash_dedup_hits_overwrites_and_frees() {
         write(2 * mib, 4 * CS, 3),
         Op::Flush,
     ];
-    run(&Workload::new("dedup-online", options(8 * mib, true), None, ops));
+    run(&Workload::new(
+        "dedup-online",
+        options(8 * mib, true),
+        None,
+        ops,
+    ));
 }
 
 /// Ignored: it finds a real limitation. A level-2 dedup cluster is
@@ -106,7 +115,12 @@ fn crash_dedup_table_growth_and_shrink() {
         write(0, mib, 6),
         Op::Flush,
     ];
-    run(&Workload::new("dedup-growth", options(4 * mib, true), None, ops));
+    run(&Workload::new(
+        "dedup-growth",
+        options(4 * mib, true),
+        None,
+        ops,
+    ));
 }
 
 #[test]
@@ -122,5 +136,10 @@ fn crash_offline_dedup_and_rebuild() {
         write(3 * mib + 4 * CS, 8 * CS, 7),
         Op::Flush,
     ];
-    run(&Workload::new("dedup-offline", options(4 * mib, false), None, ops));
+    run(&Workload::new(
+        "dedup-offline",
+        options(4 * mib, false),
+        None,
+        ops,
+    ));
 }

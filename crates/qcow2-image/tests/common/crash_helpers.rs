@@ -633,7 +633,11 @@ pub fn dedup_table_clusters(bytes: &[u8]) -> u64 {
     let Ok(area) = qcow2_image::read_header_area(&storage) else {
         return 0;
     };
-    let cs = area.header.geometry().map(|g| g.cluster_size()).unwrap_or(512);
+    let cs = area
+        .header
+        .geometry()
+        .map(|g| g.cluster_size())
+        .unwrap_or(512);
     qcow2_dedup::table_ranges(&storage, &area)
         .map(|r| r.iter().map(|(_, len)| len.div_ceil(cs)).sum())
         .unwrap_or(0)
@@ -688,11 +692,15 @@ pub fn rewrite_check(w: &Workload, bytes: Vec<u8>) -> Result<(), String> {
                 .read_at(&mut got, offset)
                 .map_err(|e| format!("read back of step {i}: {e}"))?;
             if &got != data {
-                return Err(format!("step {i} rewritten after the crash reads back wrong"));
+                return Err(format!(
+                    "step {i} rewritten after the crash reads back wrong"
+                ));
             }
         }
     }
-    image.close().map_err(|e| format!("close after rewrite: {e}"))
+    image
+        .close()
+        .map_err(|e| format!("close after rewrite: {e}"))
 }
 
 /// The engine's own check: no corruption, no check error.
