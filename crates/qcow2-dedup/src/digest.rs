@@ -73,3 +73,22 @@ mod tests {
         assert_eq!(d[1], Some(hash_cluster(&data[4096..8192])));
     }
 }
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+
+    #[test]
+    fn reports_the_accelerated_backend_where_the_cpu_has_one() {
+        let backend = sha256_backend();
+        eprintln!("SHA-256 backend: {backend}");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            backend == "x86 SHA-NI",
+            std::arch::is_x86_feature_detected!("sha"),
+            "{backend}"
+        );
+        // Whatever the backend, results agree with the reference vector.
+        assert_eq!(hash_cluster(b"")[..4], [0xe3, 0xb0, 0xc4, 0x42]);
+    }
+}

@@ -80,7 +80,7 @@ pub fn walk_active(
                 l2_extended::decode_at(&table, i, &ctx, l2.get())
             } else {
                 qcow2_format::tables::l2::decode_at(&table, i, &ctx, l2.get())
-                    .map(|m| standard_as_extended(m))
+                    .map(standard_as_extended)
             };
             let Ok(mapping) = mapping else { continue };
             let guest = k as u64 * per + i;

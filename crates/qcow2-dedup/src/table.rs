@@ -396,10 +396,12 @@ impl DedupTable {
             );
         }
         let clock = self.clock;
-        Ok(self.cache.get_mut(&l1_index).map(|s| {
+        let slot = self.cache.get_mut(&l1_index);
+        if let Some(s) = slot {
             s.last_use = clock;
-            s
-        }))
+            return Ok(Some(s));
+        }
+        Ok(None)
     }
 
     fn make_room(&mut self, storage: &dyn Storage) -> Result<()> {

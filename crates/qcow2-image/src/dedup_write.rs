@@ -49,6 +49,9 @@ pub(crate) struct CowResult {
     pub data: Vec<u8>,
 }
 
+/// A guest cluster, its host offset, its data and digest (none if zero).
+type ReadCluster = (u64, HostOffset, Vec<u8>, Option<Digest>);
+
 /// What the offline dedup pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DedupPassReport {
@@ -329,7 +332,7 @@ impl Image {
                     }
                 }
             }
-            let hashed: Vec<Result<(u64, HostOffset, Vec<u8>, Option<Digest>)>> = batch
+            let hashed: Vec<Result<ReadCluster>> = batch
                 .par_iter()
                 .map(|&(g, h)| {
                     let mut data = vec![0u8; cs as usize];
