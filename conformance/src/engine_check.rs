@@ -6,18 +6,28 @@
 //! for refcount mismatches, `RC-OVERLAP` for clusters in two roles,
 //! `L1-COPIED`/`L2-COPIED` for COPIED flag errors, ...); [`rule_of`] passes
 //! it through.
+//!
+//! The dedup table's clusters are counted by the engine's own hook
+//! ([`qcow2_image::DedupTableReferences`], the one `qcow2 check` uses). The
+//! refcount check reports a wrong refcount or a second role of a cluster as
+//! `RC-MATCH`/`RC-OVERLAP` whatever structure the cluster belongs to; when
+//! the cluster is one of the dedup table's, the rule it breaks is
+//! `DD-REFCOUNT` ([`dedup_rule_of`]). A deduplicated image (bit 1 set) also
+//! gets `qcow2_dedup::verify`, as in `qcow2 check`: its corruptions
+//! (`DD-DIGEST`, `DD-LIVE`, ...) are findings, its notes (a guest offset
+//! that is only history) are not.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use qcow2_alloc::check::{self, CheckResult, ExtraReferences, Finding, ImageView, References};
+use qcow2_alloc::check::{self, Finding};
 use qcow2_codec::{Codec, Registry};
-use qcow2_format::features::INCOMPAT_DIRTY;
+use qcow2_format::features::{INCOMPAT_BIT1, INCOMPAT_DIRTY};
 use qcow2_format::rules::{self, RuleId};
 use qcow2_format::tables::compressed::{CompressedDescriptor, COMPRESSED_FLAG, SECTOR_SIZE};
-use qcow2_format::tables::dedup_table;
 use qcow2_format::tables::l1::L1_OFFSET_MASK;
 use qcow2_format::{HeaderArea, HostOffset};
+use qcow2_image::DedupTableReferences;
 use qcow2_io::MemoryStorage;
 
 use crate::mutate::get_u64;
@@ -45,6 +55,25 @@ pub fn rule_of(finding: &Finding) -> Option<RuleId> {
     finding.rule
 }
 
+/// `DD-REFCOUNT` for a refcount mismatch (`RC-MATCH`) or a second role
+/// (`RC-OVERLAP`) of a cluster that holds part of the dedup table
+/// (`ranges`, from `qcow2_dedup::table_ranges`); `None` for anything else.
+pub fn dedup_rule_of(
+    finding: &Finding,
+    ranges: &[(HostOffset, u64)],
+    cluster_size: u64,
+) -> Option<RuleId> {
+    if !matches!(finding.rule, Some(r) if r == rules::RC_MATCH || r == rules::RC_OVERLAP) {
+        return None;
+    }
+    let start = finding.offset?.get() / cluster_size * cluster_size;
+    let end = start + cluster_size;
+    ranges
+        .iter()
+        .any(|&(at, len)| at.get() < end && at.get().saturating_add(len) > start)
+        .then_some(rules::DD_REFCOUNT)
+}
+
 /// Runs the engine's checks on a whole image file whose header area parsed
 /// and was accepted.
 ///
@@ -56,11 +85,13 @@ pub fn judge(bytes: &[u8], area: &HeaderArea) -> EngineVerdict {
         return verdict;
     }
     let storage = MemoryStorage::from_bytes(bytes.to_vec());
-    let hook = DedupReferences;
+    let dedup_ranges = qcow2_dedup::table_ranges(&storage, area).unwrap_or_default();
+    let cluster_size = 1u64 << area.header.cluster_bits.min(63);
+    let hook = DedupTableReferences;
     match check::check(&storage, &[&hook]) {
         Ok(report) => {
             for f in &report.findings {
-                if let Some(rule) = rule_of(f) {
+                if let Some(rule) = dedup_rule_of(f, &dedup_ranges, cluster_size).or(rule_of(f)) {
                     verdict.findings.push(EngineFinding {
                         rule,
                         message: f.to_string(),
@@ -70,52 +101,22 @@ pub fn judge(bytes: &[u8], area: &HeaderArea) -> EngineVerdict {
         }
         Err(e) => verdict.error = Some(format!("the refcount check failed: {e}")),
     }
+    if area.header.incompatible_features & INCOMPAT_BIT1 != 0 && area.dedup().is_some() {
+        match qcow2_dedup::verify(&storage, area) {
+            Ok(v) => verdict.findings.extend(
+                v.findings
+                    .into_iter()
+                    .filter(|f| f.severity == qcow2_dedup::Severity::Corruption)
+                    .map(|f| EngineFinding {
+                        rule: f.rule,
+                        message: format!("at {:#x}: {}", f.offset, f.message),
+                    }),
+            ),
+            Err(e) => verdict.error = Some(format!("the dedup verification failed: {e}")),
+        }
+    }
     verdict.findings.extend(decode_compressed(bytes, area));
     verdict
-}
-
-/// Counts the dedup table's clusters, which only this workspace knows about:
-/// the level-1 table and every well-formed level-2 dedup cluster it names.
-/// Malformed level-1 entries are `DD-L1-ENTRY`'s business and are skipped.
-#[derive(Debug)]
-struct DedupReferences;
-
-impl ExtraReferences for DedupReferences {
-    fn name(&self) -> &str {
-        "dedup table"
-    }
-
-    fn add_references(
-        &self,
-        image: &ImageView<'_>,
-        refs: &mut References<'_, '_>,
-    ) -> CheckResult<()> {
-        let Some(d) = image.area.dedup() else {
-            return Ok(());
-        };
-        let len = u64::from(d.l1_size) * 8;
-        if len == 0 || d.l1_offset.get().saturating_add(len) > image.file_len {
-            return Ok(());
-        }
-        refs.add(d.l1_offset, len, "dedup level-1 table", rules::DD_L1_OFFSET);
-        let mut buf = vec![0u8; len as usize];
-        if image.storage.read_at(&mut buf, d.l1_offset.get()).is_err() {
-            return Ok(());
-        }
-        for (k, raw) in buf.chunks_exact(8).enumerate() {
-            let at = d.l1_offset.get() + 8 * k as u64;
-            if let Ok(Some(l2)) = dedup_table::decode_l1_entry(get_u64(raw, 0), image.geometry, at)
-            {
-                refs.add(
-                    l2,
-                    image.geometry.cluster_size(),
-                    "dedup level-2 cluster",
-                    rules::DD_L1_ENTRY,
-                );
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The codec compressed clusters of this image use, if this build has it.

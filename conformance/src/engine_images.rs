@@ -4,8 +4,10 @@
 //! zero writes, discards and a resize.
 //!
 //! The compress format images (the seed extension, every codec at default
-//! and explicit levels) are also kept in `conformance/golden/writer/`;
-//! `cargo xtask golden` rewrites them and a test checks they are current.
+//! and explicit levels) and the deduplicated images (guest writes that
+//! share, overwrite and discard clusters; a compressed convert) are also
+//! kept in `conformance/golden/writer/`; `cargo xtask golden` rewrites them
+//! and a test checks they are current.
 //!
 //! Every rule that applies to them must hold; an image here that breaks a
 //! rule is a writer bug, and the suite reports it with the image's name,
@@ -14,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use qcow2_image::{BackingMode, CreateOptions, Image, Preallocation};
+use qcow2_image::{BackingMode, ConvertOptions, CreateOptions, Image, Preallocation, RawBacking};
 use qcow2_io::{MemoryStorage, Storage};
 
 use crate::corpus::{Origin, TestImage};
@@ -144,7 +146,20 @@ pub fn golden_writer_dir() -> PathBuf {
         .join("writer")
 }
 
-/// Writes the compress format images into `dir` (replacing the `.qcow2`
+/// The images kept in `conformance/golden/writer/`: the compress format
+/// images and the deduplicated ones, as (file name, bytes).
+pub fn golden_images() -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for cfg in compress_format_configs() {
+        out.push((format!("{}.qcow2", cfg.name()), build(&cfg)?));
+    }
+    for (name, build) in dedup_images() {
+        out.push((format!("{name}.qcow2"), build()?));
+    }
+    Ok(out)
+}
+
+/// Writes the writer's golden images into `dir` (replacing the `.qcow2`
 /// files there); returns how many.
 pub fn write_golden(dir: &Path) -> Result<usize, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -154,21 +169,19 @@ pub fn write_golden(dir: &Path) -> Result<usize, String> {
             std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    let configs = compress_format_configs();
-    for cfg in &configs {
-        let path = dir.join(format!("{}.qcow2", cfg.name()));
-        std::fs::write(&path, build(cfg)?).map_err(|e| format!("{}: {e}", path.display()))?;
+    let images = golden_images()?;
+    for (file, bytes) in &images {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(configs.len())
+    Ok(images.len())
 }
 
 /// Names of the files in `dir` that differ from what the writer makes now,
 /// or are missing.
 pub fn stale_golden(dir: &Path) -> Result<Vec<String>, String> {
     let mut stale = Vec::new();
-    for cfg in compress_format_configs() {
-        let file = format!("{}.qcow2", cfg.name());
-        let current = build(&cfg)?;
+    for (file, current) in golden_images()? {
         if std::fs::read(dir.join(&file)).ok().as_deref() != Some(&current[..]) {
             stale.push(file);
         }
@@ -245,10 +258,131 @@ pub fn build(cfg: &WriterConfig) -> Result<Vec<u8>, String> {
     Ok(storage.to_vec())
 }
 
+/// Name of the deduplicated image made by guest writes ([`build_dedup_writes`]).
+pub const DEDUP_WRITES: &str = "engine-dedup-c64k-writes";
+/// Name of the deduplicated image made by a compressed convert ([`build_dedup_convert`]).
+pub const DEDUP_CONVERT: &str = "engine-dedup-c64k-convert-compressed";
+
+/// Deterministic incompressible guest data (an xorshift stream).
+fn noise(len: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// A deduplicated image (64 KiB clusters, 1.5 GiB so that the L1 table has
+/// three entries) changed by guest writes: the same cluster written at
+/// several guest offsets (separately and inside one write), so that they
+/// share one host cluster, then a shared cluster and an unshared one
+/// overwritten, a partial write into a shared cluster, a discard, a zero
+/// write over a shared cluster and a duplicate in the second L2 table.
+pub fn build_dedup_writes() -> Result<Vec<u8>, String> {
+    const CS: u64 = 65536;
+    let storage = Arc::new(MemoryStorage::new());
+    let options = CreateOptions {
+        dedup: true,
+        ..CreateOptions::new(3 << 29)
+    };
+    let dyn_storage: Arc<dyn Storage> = storage.clone();
+    let image = Image::create(dyn_storage, &options, BackingMode::Ignore)
+        .map_err(|e| format!("create: {e}"))?;
+    let step = |what: &str, r: qcow2_image::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    let a = noise(CS, 1);
+    let b = noise(CS, 2);
+    let c = noise(CS, 3);
+    for k in 0..3 {
+        step("write A", image.write_at(&a, k * CS))?;
+    }
+    let mut bca = b.clone();
+    bca.extend_from_slice(&c);
+    bca.extend_from_slice(&a);
+    step("write B, C, A", image.write_at(&bca, 3 * CS))?;
+    step(
+        "write A, A",
+        image.write_at(&[&a[..], &a[..]].concat(), 6 * CS),
+    )?;
+    step("overwrite shared", image.write_at(&noise(CS, 4), CS))?;
+    step("overwrite unshared", image.write_at(&noise(CS, 5), 3 * CS))?;
+    step(
+        "partial write into shared",
+        image.write_at(&noise(100, 6), 2 * CS + 10),
+    )?;
+    step("discard unshared", image.discard(4 * CS, CS))?;
+    step("zero shared", image.write_zeroes(6 * CS, CS, false))?;
+    step(
+        "write A in the second L2 table",
+        image.write_at(&a, (1 << 29) + 3 * CS),
+    )?;
+    step("write C again", image.write_at(&c, 9 * CS))?;
+    step("close", image.close())?;
+    Ok(storage.to_vec())
+}
+
+/// A deduplicated image written by a compressed convert (one thread) of a
+/// raw disk with repeated incompressible clusters, repeated compressible
+/// clusters and zero clusters.
+pub fn build_dedup_convert() -> Result<Vec<u8>, String> {
+    const CS: u64 = 65536;
+    let n1 = noise(CS, 11);
+    let n2 = noise(CS, 12);
+    let p = pattern(CS, 13);
+    let zero = vec![0u8; CS as usize];
+    let q = pattern(CS, 14);
+    let disk = [&n1, &n1, &p, &zero, &p, &n2, &zero, &n1, &q, &n2]
+        .map(Vec::as_slice)
+        .concat();
+    let source = RawBacking::new(Arc::new(MemoryStorage::from_bytes(disk.clone())))
+        .map_err(|e| format!("source: {e}"))?;
+    let storage = Arc::new(MemoryStorage::new());
+    let options = CreateOptions {
+        dedup: true,
+        ..CreateOptions::new(disk.len() as u64)
+    };
+    let dyn_storage: Arc<dyn Storage> = storage.clone();
+    let image = Image::create(dyn_storage, &options, BackingMode::Ignore)
+        .map_err(|e| format!("create: {e}"))?;
+    let convert = ConvertOptions {
+        compress: true,
+        threads: Some(1),
+    };
+    image
+        .convert_from(&source, &convert, &mut |_| {})
+        .map_err(|e| format!("convert: {e}"))?;
+    image.close().map_err(|e| format!("close: {e}"))?;
+    Ok(storage.to_vec())
+}
+
+/// Makes one image of our writer.
+pub type ImageBuilder = fn() -> Result<Vec<u8>, String>;
+
+/// The deduplicated images: name and builder.
+pub fn dedup_images() -> [(&'static str, ImageBuilder); 2] {
+    [
+        (DEDUP_WRITES, build_dedup_writes),
+        (DEDUP_CONVERT, build_dedup_convert),
+    ]
+}
+
 /// Every image of the matrix, and an error line for each configuration the writer failed on.
 pub fn build_all() -> (Vec<TestImage>, Vec<String>) {
     let mut images = Vec::new();
     let mut errors = Vec::new();
+    for (name, build) in dedup_images() {
+        match build() {
+            Ok(bytes) => images.push(TestImage {
+                name: name.to_string(),
+                origin: Origin::Writer,
+                bytes,
+            }),
+            Err(e) => errors.push(format!("writer failed on {name}: {e}")),
+        }
+    }
     for cfg in configs() {
         match build(&cfg) {
             Ok(bytes) => images.push(TestImage {

@@ -61,6 +61,13 @@ fn has_dedup_entries(b: &[u8], a: &HeaderArea) -> bool {
         d.l1_size > 0 && first_non_zero_u64(b, d.l1_offset.get(), d.l1_size.into())
     })
 }
+/// A deduplicated image (bit 1 and the extension) whose table has entries.
+fn deduplicated_with_entries(b: &[u8], a: &HeaderArea) -> bool {
+    a.header.incompatible_features & feat::INCOMPAT_BIT1 != 0 && has_dedup_entries(b, a)
+}
+fn has_dedup_clean(b: &[u8], a: &HeaderArea) -> bool {
+    clean(b, a) && has_dedup(b, a)
+}
 fn has_compression_type(_: &[u8], a: &HeaderArea) -> bool {
     a.header.incompatible_features & feat::INCOMPAT_COMPRESSION_TYPE != 0
 }
@@ -156,6 +163,9 @@ pub fn all() -> Vec<RuleEntry> {
         (DD_L1_ENTRY, has_dedup_entries),
         (DD_L2_LAYOUT, has_dedup_entries),
         (DD_ENTRY, has_dedup_entries),
+        (DD_DIGEST, deduplicated_with_entries),
+        (DD_LIVE, deduplicated_with_entries),
+        (DD_REFCOUNT, has_dedup_clean),
         (L1_ENTRY, has_l2_tables),
         (L1_COPIED, has_l2_tables_clean),
         (L2_ENTRY, has_l2_tables),

@@ -27,20 +27,70 @@ pub fn plain_base(images: &[TestImage]) -> Result<&TestImage, String> {
     images
         .iter()
         .filter(|i| i.origin == crate::corpus::Origin::Qemu)
-        .find(|i| {
-            HeaderArea::parse(&i.bytes).is_ok_and(|a| {
-                a.header.version == 3
-                    && a.header.cluster_bits == 16
-                    && a.header.incompatible_features == 0
-                    && a.header.size > 0
-                    && a.backing_file.is_none()
-                    && a.chain
-                        .extensions
-                        .iter()
-                        .all(|e| matches!(e, Extension::FeatureTable(_)))
-            })
-        })
+        .find(|i| HeaderArea::parse(&i.bytes).is_ok_and(|a| is_plain(&a)))
         .ok_or_else(|| "no plain v3 64 KiB golden image to derive seed images from".to_string())
+}
+
+fn is_plain(a: &HeaderArea) -> bool {
+    a.header.version == 3
+        && a.header.cluster_bits == 16
+        && a.header.incompatible_features == 0
+        && a.header.size > 0
+        && a.backing_file.is_none()
+        && a.chain
+            .extensions
+            .iter()
+            .all(|e| matches!(e, Extension::FeatureTable(_)))
+}
+
+/// The plain image the dedup seed images are derived from: like
+/// [`plain_base`], with at least one uncompressed data cluster to index.
+pub fn plain_data_base(images: &[TestImage]) -> Result<&TestImage, String> {
+    images
+        .iter()
+        .filter(|i| i.origin == crate::corpus::Origin::Qemu)
+        .find(|i| {
+            HeaderArea::parse(&i.bytes).is_ok_and(|a| is_plain(&a))
+                && first_data_cluster(&i.bytes).is_ok()
+        })
+        .ok_or_else(|| {
+            "no plain v3 64 KiB golden image with data to derive dedup images from".to_string()
+        })
+}
+
+/// The first guest cluster of the active tables that maps a whole
+/// uncompressed data cluster: (guest offset, host offset). Standard L2
+/// entries only.
+fn first_data_cluster(bytes: &[u8]) -> Result<(u64, u64), String> {
+    use qcow2_format::features::INCOMPAT_EXTENDED_L2;
+    use qcow2_format::tables::l1::L1_OFFSET_MASK;
+    use qcow2_format::tables::l2::{L2_COMPRESSED, L2_OFFSET_MASK};
+    let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
+    let h = &area.header;
+    if h.incompatible_features & INCOMPAT_EXTENDED_L2 != 0 {
+        return Err("extended L2 entries".into());
+    }
+    let cs = 1u64 << h.cluster_bits;
+    let per = cs / 8;
+    for k in 0..u64::from(h.l1_size) {
+        let at = (h.l1_table_offset.get() + 8 * k) as usize;
+        if at + 8 > bytes.len() {
+            break;
+        }
+        let l2 = get_u64(bytes, at) & L1_OFFSET_MASK;
+        if l2 == 0 || l2 + cs > bytes.len() as u64 {
+            continue;
+        }
+        for i in 0..per {
+            let e = get_u64(bytes, (l2 + 8 * i) as usize);
+            let host = e & L2_OFFSET_MASK;
+            if e & L2_COMPRESSED == 0 && e & 1 == 0 && host != 0 && host + cs <= bytes.len() as u64
+            {
+                return Ok(((k * per + i) * cs, host));
+            }
+        }
+    }
+    Err("no uncompressed data cluster".into())
 }
 
 /// Name of the compress format image for `name`/`level`.
@@ -63,22 +113,23 @@ pub fn with_compress_format(bytes: &[u8], name: &str, level: u8) -> Result<Vec<u
 
 /// Adds a dedup table (one L1 entry, one L2 dedup cluster) and the dedup extension.
 ///
-/// The L2 cluster holds one entry: the SHA-256 of the image's last cluster,
-/// attributed to guest offset 0. With `bit1` the image is deduplicated;
-/// without it the table is stale.
+/// The L2 cluster holds one entry: the SHA-256 of the image's first
+/// uncompressed data cluster, attributed to the guest offset that maps it
+/// (a live cluster, as `DD-LIVE` and `DD-DIGEST` require). With `bit1` the
+/// image is deduplicated; without it the table is stale.
 pub fn with_dedup(bytes: &[u8], bit1: bool) -> Result<Vec<u8>, String> {
     let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
     let geo = area.header.geometry().map_err(|e| e.to_string())?;
     let cs = geo.cluster_size();
     let mut out = bytes.to_vec();
-    let last = (out.len() as u64).div_ceil(cs).saturating_sub(1);
-    let start = (last * cs) as usize;
-    let mut cluster = out[start..].to_vec();
-    cluster.resize(cs as usize, 0);
+    let (guest, host) = first_data_cluster(bytes)?;
+    let start = host as usize;
+    let cluster = out[start..start + cs as usize].to_vec();
     let entry = DedupEntry {
         hash: Sha256::digest(&cluster).into(),
-        guest_offset: GuestOffset(0),
+        guest_offset: GuestOffset(guest),
     };
+    let last = host / cs;
     let index = dedup_table::DedupIndex::of(qcow2_format::ClusterIndex(last), geo);
     let mut entries = vec![None; (index.l2 + 1) as usize];
     entries[index.l2 as usize] = Some(entry);
@@ -181,17 +232,18 @@ pub fn build_all(golden: &[TestImage]) -> Result<Vec<TestImage>, String> {
             bytes: with_compress_format(&base.bytes, name, level)?,
         });
     }
+    let data_base = plain_data_base(golden)?;
     out.push(TestImage {
         name: "seed-dedup".into(),
         origin: Origin::Built,
-        bytes: with_dedup(&base.bytes, true)?,
+        bytes: with_dedup(&data_base.bytes, true)?,
     });
     out.push(TestImage {
         name: "built-snapshot".into(),
         origin: Origin::Built,
         bytes: with_snapshot(&base.bytes)?,
     });
-    let cf = with_compress_format(&base.bytes, "zstd", 3)?;
+    let cf = with_compress_format(&data_base.bytes, "zstd", 3)?;
     out.push(TestImage {
         name: "seed-dedup-cf-zstd-3".into(),
         origin: Origin::Built,

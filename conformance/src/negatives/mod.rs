@@ -1,5 +1,6 @@
 //! Negative cases: each takes an image of the corpus and breaks exactly one rule.
 
+mod dedup;
 mod engine;
 mod extensions;
 mod header;
@@ -41,6 +42,7 @@ pub fn all() -> Vec<NegativeCase> {
     cases.extend(seeds::cases());
     cases.extend(tables::cases());
     cases.extend(engine::cases());
+    cases.extend(dedup::cases());
     cases
 }
 
