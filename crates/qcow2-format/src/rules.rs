@@ -23,19 +23,6 @@ impl fmt::Display for RuleId {
     }
 }
 
-// Rules `qcow2 check` enforces on dedup tables that docs/spec.md and the
-// conformance suite do not list yet (so they are not in `ALL`).
-
-/// A non-empty dedup entry's digest is the SHA-256 of the cluster's data
-/// (not yet in docs/spec.md).
-pub const DD_DIGEST: RuleId = RuleId("DD-DIGEST");
-/// Dedup entries exist only for live uncompressed data clusters (not yet in
-/// docs/spec.md).
-pub const DD_LIVE: RuleId = RuleId("DD-LIVE");
-/// Dedup table clusters are refcounted metadata that overlap nothing else
-/// (not yet in docs/spec.md).
-pub const DD_REFCOUNT: RuleId = RuleId("DD-REFCOUNT");
-
 macro_rules! rules {
     ($($(#[$doc:meta])* $name:ident = $id:literal;)*) => {
         $($(#[$doc])* pub const $name: RuleId = RuleId($id);)*
@@ -143,6 +130,12 @@ rules! {
     DD_L2_LAYOUT = "DD-L2-LAYOUT";
     /// A non-empty dedup entry has a cluster-aligned guest offset.
     DD_ENTRY = "DD-ENTRY";
+    /// A non-empty dedup entry's digest is the SHA-256 of the cluster's data.
+    DD_DIGEST = "DD-DIGEST";
+    /// Dedup entries exist only for live uncompressed data clusters.
+    DD_LIVE = "DD-LIVE";
+    /// Dedup table clusters are refcounted metadata that overlap nothing else.
+    DD_REFCOUNT = "DD-REFCOUNT";
     /// L1 entries: reserved bits zero, L2 offset cluster aligned.
     L1_ENTRY = "L1-ENTRY";
     /// Active L1 entries: COPIED is set exactly when the L2 table's refcount is 1.
