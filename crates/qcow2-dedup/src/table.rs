@@ -1,13 +1,21 @@
 //! The on-disk dedup table of an open image: the level-1 table in memory,
 //! level-2 dedup clusters in a bounded write-back cache.
 //!
-//! Ordering is the caller's: entries describe data, so dirty level-2
-//! clusters may only be written once the data they describe and the L2
-//! entries that map it are durable
-//! ([`DedupTable::write_l2`]); a new level-2 cluster must be durable before
-//! the level-1 entry naming it ([`DedupTable::write_l1`] after a storage
-//! flush); a grown level-1 table is written whole at a new place and only
-//! used once the header names it ([`DedupTable::take_replaced`]).
+//! A level-2 dedup cluster that the durable level-1 table names is never
+//! rewritten in place: its 40-byte entries straddle 512-byte sectors, so a
+//! torn write could leave a half-written entry. Changed clusters are
+//! written to fresh clusters and the level-1 entry (8 bytes, one sector) is
+//! switched; the caller releases the old cluster once that is durable
+//! ([`DedupTable::take_released`]).
+//!
+//! Ordering is the caller's: [`DedupTable::stage_clears`] writes copies
+//! holding only the cleared entries (before the references to the freed
+//! clusters drop), [`DedupTable::stage_all`] copies holding every change
+//! (once the data and the L2 entries that map it are durable); after each,
+//! the caller makes the copies and their refcounts durable and writes the
+//! level-1 table ([`DedupTable::write_named_l1`], [`DedupTable::write_l1`]).
+//! A grown level-1 table is written whole at a new place and only used once
+//! the header names it ([`DedupTable::take_replaced`]).
 
 use std::collections::HashMap;
 
@@ -36,9 +44,11 @@ pub trait ClusterAllocator {
 struct Slot {
     offset: HostOffset,
     data: Vec<u8>,
-    /// What the storage holds while the slot is dirty (`None` for a new
-    /// cluster the level-1 table does not name on disk yet).
+    /// What the storage holds at `offset` while the slot is dirty, when
+    /// the durable level-1 table names it (`None`: a new cluster).
     disk: Option<Vec<u8>>,
+    /// The durable level-1 table names `offset`: never write it in place.
+    named: bool,
     dirty: bool,
     last_use: u64,
 }
@@ -54,6 +64,13 @@ pub struct DedupTable {
     replaced: Option<(HostOffset, u64)>,
     /// Tables grown past before the header ever named them.
     orphans: Vec<(HostOffset, u64)>,
+    /// The level-1 table as the header names it on disk: its location and
+    /// entries (what a crash would find).
+    disk_l1_offset: HostOffset,
+    disk_l1: Vec<Option<HostOffset>>,
+    /// Level-2 clusters replaced by copies, to release once the level-1
+    /// table that no longer names them is durable.
+    released: Vec<(HostOffset, u64)>,
     cache: HashMap<u64, Slot>,
     max_cached: usize,
     clock: u64,
@@ -148,10 +165,13 @@ impl DedupTable {
         Self {
             geometry,
             l1_offset,
-            l1,
+            l1: l1.clone(),
             l1_dirty: false,
             replaced: None,
             orphans: Vec::new(),
+            disk_l1_offset: l1_offset,
+            disk_l1: l1.clone(),
+            released: Vec::new(),
             cache: HashMap::new(),
             max_cached: (CACHE_BYTES / geometry.cluster_size()).max(8) as usize,
             clock: 0,
@@ -224,6 +244,7 @@ impl DedupTable {
                     offset,
                     data: vec![0; self.geometry.cluster_size() as usize],
                     disk: None,
+                    named: false,
                     dirty: true,
                     last_use: self.clock,
                 },
@@ -235,7 +256,7 @@ impl DedupTable {
         let slot = self
             .slot(storage, at.l1)?
             .ok_or_else(|| DedupError::Alloc("level-2 dedup cluster vanished".into()))?;
-        if !slot.dirty {
+        if !slot.dirty && slot.named {
             slot.disk = Some(slot.data.clone());
         }
         dedup_table::encode_l2_entry_at(&mut slot.data, at.l2, entry, geometry)?;
@@ -243,16 +264,29 @@ impl DedupTable {
         Ok(())
     }
 
-    /// Writes only the cleared entries of every dirty level-2 cluster (the
-    /// stored bytes with those entries zeroed), so entries can be made to
-    /// disappear durably before the references to their clusters drop,
-    /// while new entries still wait for their mappings to be durable.
-    /// Returns whether anything was written.
-    pub fn write_clears(&mut self, storage: &dyn Storage) -> Result<bool> {
-        let mut wrote = false;
+    /// Writes, for every dirty level-2 cluster the durable level-1 table
+    /// names and that has cleared entries, a copy of the stored cluster
+    /// with those entries zeroed (new entries keep waiting), and points the
+    /// on-disk image of the level-1 table at the copies. Returns whether
+    /// anything was written; if so, the caller makes the copies and their
+    /// refcounts durable, then calls [`DedupTable::write_named_l1`].
+    pub fn stage_clears(
+        &mut self,
+        storage: &dyn Storage,
+        alloc: &mut dyn ClusterAllocator,
+    ) -> Result<bool> {
         let n = dedup_table::entries_per_l2(self.geometry) as usize;
         let size = dedup_table::DEDUP_ENTRY_SIZE;
-        for slot in self.cache.values_mut().filter(|s| s.dirty) {
+        let mut keys: Vec<u64> = self.cache.keys().copied().collect();
+        keys.sort_unstable();
+        let mut wrote = false;
+        for k in keys {
+            let Some(slot) = self.cache.get_mut(&k) else {
+                continue;
+            };
+            if !slot.dirty || !slot.named {
+                continue;
+            }
             let Some(disk) = slot.disk.as_mut() else {
                 continue;
             };
@@ -265,16 +299,33 @@ impl DedupTable {
                     changed = true;
                 }
             }
-            if changed {
-                storage
-                    .write_at(disk, slot.offset.get(), WriteKind::DedupTable)
-                    .map_err(|e| {
-                        DedupError::io("writing a level-2 dedup cluster", slot.offset.get(), e)
-                    })?;
-                wrote = true;
+            if !changed {
+                continue;
             }
+            let copy = alloc.allocate(storage, 1)?;
+            storage
+                .write_at(disk, copy.get(), WriteKind::DedupTable)
+                .map_err(|e| DedupError::io("writing a level-2 dedup cluster", copy.get(), e))?;
+            self.released.push((slot.offset, 1));
+            slot.offset = copy;
+            self.l1[k as usize] = Some(copy);
+            if let Some(e) = self.disk_l1.get_mut(k as usize) {
+                *e = Some(copy);
+            }
+            self.l1_dirty = true;
+            wrote = true;
         }
         Ok(wrote)
+    }
+
+    /// Writes the on-disk image of the level-1 table (as changed by
+    /// [`DedupTable::stage_clears`]) where the header names it.
+    pub fn write_named_l1(&mut self, storage: &dyn Storage) -> Result<()> {
+        let bytes = dedup_table::encode_l1_table(&self.disk_l1, self.geometry)?;
+        let at = self.disk_l1_offset.get();
+        storage
+            .write_at(&bytes, at, WriteKind::DedupTable)
+            .map_err(|e| DedupError::io("writing the level-1 dedup table", at, e))
     }
 
     /// Whether anything waits to be written.
@@ -287,18 +338,48 @@ impl DedupTable {
         self.l1_dirty
     }
 
-    /// Writes every dirty level-2 dedup cluster. Call once the data they
-    /// describe is durable.
-    pub fn write_l2(&mut self, storage: &dyn Storage) -> Result<()> {
-        let mut dirty: Vec<u64> = self
+    /// Writes every dirty level-2 dedup cluster: in place when nothing
+    /// durable names it yet, otherwise to a fresh copy that the level-1
+    /// table will name. Call once the data the entries describe and the L2
+    /// entries that map it are durable; then make the writes and their
+    /// refcounts durable and call [`DedupTable::write_l1`].
+    pub fn stage_all(
+        &mut self,
+        storage: &dyn Storage,
+        alloc: &mut dyn ClusterAllocator,
+    ) -> Result<()> {
+        let mut keys: Vec<u64> = self
             .cache
             .iter()
             .filter(|(_, s)| s.dirty)
             .map(|(&k, _)| k)
             .collect();
-        dirty.sort_unstable();
-        for k in dirty {
-            self.write_slot(storage, k)?;
+        keys.sort_unstable();
+        for k in keys {
+            let named = self.cache.get(&k).is_some_and(|s| s.named);
+            let target = if named {
+                alloc.allocate(storage, 1)?
+            } else {
+                match self.cache.get(&k) {
+                    Some(s) => s.offset,
+                    None => continue,
+                }
+            };
+            let Some(slot) = self.cache.get_mut(&k) else {
+                continue;
+            };
+            storage
+                .write_at(&slot.data, target.get(), WriteKind::DedupTable)
+                .map_err(|e| DedupError::io("writing a level-2 dedup cluster", target.get(), e))?;
+            if named {
+                self.released.push((slot.offset, 1));
+                slot.offset = target;
+                slot.named = false;
+                self.l1[k as usize] = Some(target);
+                self.l1_dirty = true;
+            }
+            slot.dirty = false;
+            slot.disk = None;
         }
         Ok(())
     }
@@ -306,7 +387,8 @@ impl DedupTable {
     /// Writes the level-1 table if it changed (whole, at its current place).
     /// Call once the level-2 clusters it names are durable. When it grew,
     /// the header must then be pointed at it (see
-    /// [`DedupTable::take_replaced`]).
+    /// [`DedupTable::take_replaced`]); otherwise it is now what the disk
+    /// holds.
     pub fn write_l1(&mut self, storage: &dyn Storage) -> Result<()> {
         if !self.l1_dirty {
             return Ok(());
@@ -318,7 +400,25 @@ impl DedupTable {
                 DedupError::io("writing the level-1 dedup table", self.l1_offset.get(), e)
             })?;
         self.l1_dirty = false;
+        if self.replaced.is_none() {
+            self.now_named();
+        }
         Ok(())
+    }
+
+    /// The level-1 table in memory is the durable one.
+    fn now_named(&mut self) {
+        self.disk_l1 = self.l1.clone();
+        self.disk_l1_offset = self.l1_offset;
+        for slot in self.cache.values_mut() {
+            slot.named = true;
+        }
+    }
+
+    /// Level-2 clusters replaced by copies; release them once the level-1
+    /// table written after the copies is durable (and named by the header).
+    pub fn take_released(&mut self) -> Vec<(HostOffset, u64)> {
+        std::mem::take(&mut self.released)
     }
 
     /// Whether the header still names an older level-1 table.
@@ -329,6 +429,9 @@ impl DedupTable {
     /// Once the header names the current level-1 table: the old tables'
     /// clusters (first offset, count), for the caller to release.
     pub fn take_replaced(&mut self) -> Vec<(HostOffset, u64)> {
+        if self.replaced.is_some() && !self.l1_dirty {
+            self.now_named();
+        }
         let mut out: Vec<_> = self.replaced.take().into_iter().collect();
         out.append(&mut self.orphans);
         out
@@ -390,6 +493,7 @@ impl DedupTable {
                     offset,
                     data,
                     disk: None,
+                    named: true,
                     dirty: false,
                     last_use: 0,
                 },
@@ -422,21 +526,6 @@ impl DedupTable {
             self.cache.remove(&k);
         }
         let _ = storage;
-        Ok(())
-    }
-
-    fn write_slot(&mut self, storage: &dyn Storage, k: u64) -> Result<()> {
-        if let Some(slot) = self.cache.get_mut(&k) {
-            if slot.dirty {
-                storage
-                    .write_at(&slot.data, slot.offset.get(), WriteKind::DedupTable)
-                    .map_err(|e| {
-                        DedupError::io("writing a level-2 dedup cluster", slot.offset.get(), e)
-                    })?;
-                slot.dirty = false;
-                slot.disk = None;
-            }
-        }
         Ok(())
     }
 

@@ -194,14 +194,24 @@ impl Meta {
         self.write_dedup_clears(storage)
     }
 
-    /// Makes every cleared entry durable (new entries keep waiting).
+    /// Makes every cleared entry durable (new entries keep waiting):
+    /// copies of the changed level-2 clusters, their refcounts, then the
+    /// level-1 table the header names.
     pub fn write_dedup_clears(&mut self, storage: &dyn Storage) -> Result<()> {
-        if let Some(state) = self.dedup.as_mut() {
-            if state.table.write_clears(storage)? {
-                sync(storage)?;
-            }
+        let Some(state) = self.dedup.as_mut() else {
+            return Ok(());
+        };
+        if !state
+            .table
+            .stage_clears(storage, &mut TableAlloc(&mut self.refcounts))?
+        {
+            return Ok(());
         }
-        Ok(())
+        self.commit_refcounts(storage)?;
+        if let Some(state) = self.dedup.as_mut() {
+            state.table.write_named_l1(storage)?;
+        }
+        sync(storage)
     }
 
     /// Maps guest cluster `guest` (now `old`) to an indexed cluster holding
@@ -360,20 +370,24 @@ impl Meta {
         self.write_dedup_clears(storage)
     }
 
-    /// Writes the dedup table after the L2 tables (data is durable by now);
-    /// returns whether the header must be pointed at a grown level-1 table.
-    pub fn write_dedup_l2(&mut self, storage: &dyn Storage) -> Result<bool> {
+    /// Writes the changed level-2 dedup clusters (copies of those the disk
+    /// names) once the L2 tables are durable; returns whether the level-1
+    /// dedup table must then be written (after the copies and their
+    /// refcounts are durable).
+    pub fn stage_dedup(&mut self, storage: &dyn Storage) -> Result<bool> {
         match self.dedup.as_mut() {
             Some(state) => {
-                state.table.write_l2(storage)?;
+                state
+                    .table
+                    .stage_all(storage, &mut TableAlloc(&mut self.refcounts))?;
                 Ok(state.table.l1_dirty())
             }
             None => Ok(false),
         }
     }
 
-    /// Writes the level-1 dedup table (after a sync that made its level-2
-    /// clusters durable) and points the header at it when it moved.
+    /// Writes the level-1 dedup table (once its level-2 clusters and their
+    /// refcounts are durable) and points the header at it when it moved.
     pub fn write_dedup_l1(&mut self, storage: &dyn Storage) -> Result<()> {
         let Some(state) = self.dedup.as_mut() else {
             return Ok(());
@@ -386,12 +400,15 @@ impl Meta {
         Ok(())
     }
 
-    /// Once the header is durable: the replaced level-1 tables are released.
+    /// Once the level-1 table and header are durable: the replaced level-1
+    /// tables and level-2 clusters are released.
     pub fn release_replaced_dedup_l1(&mut self) {
         let Some(state) = self.dedup.as_mut() else {
             return;
         };
-        for (offset, clusters) in state.table.take_replaced() {
+        let mut old = state.table.take_replaced();
+        old.extend(state.table.take_released());
+        for (offset, clusters) in old {
             let first = self.layout.geometry.host_cluster(offset);
             self.refcounts.release(first, clusters);
         }

@@ -372,7 +372,8 @@ impl Meta {
     /// then the refcount decrements of dropped references.
     ///
     /// With dedup: shared clusters about to keep one referrer are copied
-    /// first; dedup entries go out after the L2 tables are durable, and the
+    /// first; dedup entries go out after the L2 tables are durable (level-2
+    /// dedup clusters the disk names are copied, never rewritten), and the
     /// level-1 dedup table after the level-2 clusters it names;
     /// entries of clusters about to be freed are cleared durably before the
     /// decrements.
@@ -391,10 +392,12 @@ impl Meta {
         // Entries only once the L2 entries that map their clusters are
         // durable: a crash must not leave an entry for an unreferenced
         // cluster, which a leak repair could free and reuse.
-        let dedup_l1 = self.write_dedup_l2(storage)?;
+        let dedup_l1 = self.stage_dedup(storage)?;
+        if dedup_l1 {
+            self.commit_refcounts(storage)?;
+        }
         self.write_l1(storage)?;
         if dedup_l1 {
-            sync(storage)?;
             self.write_dedup_l1(storage)?;
         }
         if self.header_dirty {

@@ -92,15 +92,7 @@ fn crash_dedup_hits_overwrites_and_frees() {
     ));
 }
 
-/// Ignored: it finds a real limitation. A level-2 dedup cluster is
-/// rewritten in place, and its 40-byte entries straddle 512-byte sectors,
-/// so a write torn at a sector boundary can leave a half-written entry
-/// whose digest matches no data (DD-DIGEST; never a wrong hit, since such a
-/// digest matches nothing). The fix is to write dirty level-2 clusters to
-/// fresh clusters and switch the level-1 entry (8 bytes, sector-atomic).
-/// Run with `cargo test -p qcow2-image --test crash_dedup -- --ignored`.
 #[test]
-#[ignore = "torn level-2 dedup writes can leave half-written entries; see the doc comment"]
 fn crash_dedup_table_growth_and_shrink() {
     let mib = 1 << 20;
     // 4 KiB clusters: a level-2 dedup cluster covers 102 clusters, so 2 MiB
