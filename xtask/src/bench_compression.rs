@@ -27,7 +27,7 @@
 //! `--rss time|proc` how peak RSS is taken (default `time`, i.e.
 //! `/usr/bin/time -f %M`, when that exists, else `proc`: polling `VmHWM`).
 
-mod report;
+pub(crate) mod report;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -42,7 +42,7 @@ use crate::bench_engine::{
 
 const FULL_SIZE_MIB: u64 = 2048;
 const QUICK_SIZE_MIB: u64 = 256;
-const GNU_TIME: &str = "/usr/bin/time";
+pub(crate) const GNU_TIME: &str = "/usr/bin/time";
 /// Compression types both tools write (`-o compression_type=T`).
 const TYPES: [&str; 2] = ["zlib", "zstd"];
 /// The trade-off table's `--compress-format` values, each codec's levels
@@ -56,7 +56,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// How the peak resident set size of a tool is measured.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum RssProbe {
+pub(crate) enum RssProbe {
     /// `/usr/bin/time -f %M`: the kernel's `ru_maxrss` of the child.
     GnuTime,
     /// `VmHWM` from `/proc/PID/status`, sampled every [`POLL`].
@@ -72,7 +72,16 @@ struct Options {
     rss: RssProbe,
 }
 
-fn yes_no(flag: &str, value: &str) -> Result<bool, String> {
+/// `/usr/bin/time` when it exists, else polling `/proc`.
+pub(crate) fn default_rss_probe() -> RssProbe {
+    if Path::new(GNU_TIME).exists() {
+        RssProbe::GnuTime
+    } else {
+        RssProbe::Proc
+    }
+}
+
+pub(crate) fn yes_no(flag: &str, value: &str) -> Result<bool, String> {
     match value {
         "yes" => Ok(true),
         "no" => Ok(false),
@@ -87,11 +96,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         doc: None,
         tradeoff: true,
         budget: 240.0,
-        rss: if Path::new(GNU_TIME).exists() {
-            RssProbe::GnuTime
-        } else {
-            RssProbe::Proc
-        },
+        rss: default_rss_probe(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -129,13 +134,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 /// One timed conversion.
 #[derive(Clone, Copy)]
-struct Run {
+pub(crate) struct Run {
     /// Wall time of the tool plus an fsync of its output after it exits.
-    secs: f64,
+    pub(crate) secs: f64,
     /// Size of the output file.
-    bytes: u64,
+    pub(crate) bytes: u64,
     /// Peak resident set size of the tool, in KiB, when measured.
-    rss_kib: Option<u64>,
+    pub(crate) rss_kib: Option<u64>,
 }
 
 /// Which converter a row measures.
@@ -178,7 +183,7 @@ impl Row {
 }
 
 /// The largest of some peak RSS figures, or `None` if any is missing.
-fn max_rss(rss: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
+pub(crate) fn max_rss(rss: impl IntoIterator<Item = Option<u64>>) -> Option<u64> {
     rss.into_iter()
         .try_fold(0, |peak, kib| kib.map(|k| k.max(peak)))
 }
@@ -190,25 +195,36 @@ struct Level {
 }
 
 /// What a conversion needs besides the tool's own arguments.
-struct Bench<'a> {
-    raw: &'a Path,
-    work: &'a Path,
-    rss: RssProbe,
+pub(crate) struct Bench<'a> {
+    pub(crate) raw: &'a Path,
+    pub(crate) work: &'a Path,
+    pub(crate) rss: RssProbe,
 }
 
 impl Bench<'_> {
     /// Runs `program args... SRC DST` once, with the source freshly read
     /// into the page cache and no destination, and times it, including an
     /// fsync of the destination after the tool exits.
-    fn convert(&self, program: &Path, args: &[OsString], dst: &Path) -> Result<Run, String> {
+    pub(crate) fn convert(
+        &self,
+        program: &Path,
+        args: &[OsString],
+        dst: &Path,
+    ) -> Result<Run, String> {
         let _ = fs::remove_file(dst);
         warm(self.raw)?;
         let mut cmd = Command::new(program);
         cmd.args(args).arg(self.raw).arg(dst);
+        self.timed(&mut cmd, dst)
+    }
+
+    /// Runs `cmd` once and times it, including an fsync of `dst` (the file
+    /// it writes) after it exits; measures its peak RSS.
+    pub(crate) fn timed(&self, cmd: &mut Command, dst: &Path) -> Result<Run, String> {
         let start = Instant::now();
         let rss_kib = match self.rss {
-            RssProbe::GnuTime => self.run_under_time(&mut cmd)?,
-            RssProbe::Proc => self.run_polled(&mut cmd)?,
+            RssProbe::GnuTime => self.run_under_time(cmd)?,
+            RssProbe::Proc => self.run_polled(cmd)?,
         };
         File::open(dst)
             .and_then(|f| f.sync_all())
@@ -280,7 +296,7 @@ fn vm_hwm_kib(status_file: &Path) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn os_args(args: &[&str]) -> Vec<OsString> {
+pub(crate) fn os_args(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
@@ -340,7 +356,7 @@ fn tool_file(tool: Tool) -> &'static str {
 
 /// Fails unless our own `check` finds `image` clean and our `compare`
 /// finds it identical to `raw` (QEMU cannot open the seed extension).
-fn verify_ours(qcow2: &Path, raw: &Path, image: &Path) -> Result<(), String> {
+pub(crate) fn verify_ours(qcow2: &Path, raw: &Path, image: &Path) -> Result<(), String> {
     let check = output(Command::new(qcow2).arg("check").arg(image))?;
     if !check.contains("No errors were found") {
         return Err(format!("qcow2 check of {}: {check}", image.display()));
@@ -398,7 +414,7 @@ fn tradeoff(bench: &Bench<'_>, qcow2: &Path, budget: f64) -> Result<Vec<Level>, 
 /// `text` with the section under `heading` (a `## ` line, up to the next
 /// `## ` line outside code blocks) replaced by `section`, or with
 /// `section` appended when there is none.
-fn splice_section(text: &str, heading: &str, section: &str) -> String {
+pub(crate) fn splice_section(text: &str, heading: &str, section: &str) -> String {
     let mut out = String::new();
     let mut in_code = false;
     let mut skipping = false;
@@ -428,14 +444,24 @@ fn splice_section(text: &str, heading: &str, section: &str) -> String {
 // ------------------------------------------------------------------ main
 
 fn build_cli(root: &Path, target: &Path) -> Result<PathBuf, String> {
-    println!("building the CLI: cargo build --release -p qcow2-cli");
+    build_release(root, &["qcow2-cli"])?;
+    Ok(target.join("release").join("qcow2"))
+}
+
+/// `cargo build --release -p PACKAGE...` in the workspace at `root`.
+pub(crate) fn build_release(root: &Path, packages: &[&str]) -> Result<(), String> {
+    let flags: Vec<String> = packages.iter().map(|p| format!("-p {p}")).collect();
+    println!("building: cargo build --release {}", flags.join(" "));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
         .current_dir(root)
-        .args(["build", "--quiet", "--release", "-p", "qcow2-cli"]);
+        .args(["build", "--quiet", "--release"]);
+    for p in packages {
+        build.args(["-p", p]);
+    }
     output(&mut build)?;
-    Ok(target.join("release").join("qcow2"))
+    Ok(())
 }
 
 /// Runs the benchmark.

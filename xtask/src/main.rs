@@ -1,11 +1,12 @@
 //! `cargo xtask`: project automation.
 //!
 //! Subcommands: `conformance [--json]`, `golden [--check]`, `fuzz [--seconds N]`, `bench codecs`,
-//! `bench engine`, `bench compression`.
+//! `bench engine`, `bench compression`, `bench dedup`.
 #![forbid(unsafe_code)]
 
 mod bench_codecs;
 mod bench_compression;
+mod bench_dedup;
 mod bench_engine;
 mod conformance;
 mod fuzz;
@@ -23,8 +24,9 @@ fn main() -> ExitCode {
             Some("codecs") => bench_codecs::run(&args[2..]),
             Some("engine") => bench_engine::run(&args[2..]),
             Some("compression") => bench_compression::run(&args[2..]),
+            Some("dedup") => bench_dedup::run(&args[2..]),
             other => Err(format!(
-                "unknown bench {other:?}; available: codecs, engine, compression"
+                "unknown bench {other:?}; available: codecs, engine, compression, dedup"
             )),
         },
         _ => Err(usage()),
@@ -39,5 +41,5 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs | bench engine | bench compression>".to_string()
+    "usage: cargo xtask <conformance [--json] | golden [--check] | fuzz [--seconds N] | bench codecs | bench engine | bench compression | bench dedup>".to_string()
 }

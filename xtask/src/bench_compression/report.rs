@@ -13,7 +13,7 @@ const SIZE_GOAL: f64 = 1.02;
 const RSS_GOAL_MIB: f64 = 64.0;
 
 /// A peak RSS in MiB, or "n/a" when it was not measured.
-pub(super) fn rss_mib(kib: Option<u64>) -> String {
+pub(crate) fn rss_mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
