@@ -8,11 +8,9 @@
 //! it through.
 //!
 //! The dedup table's clusters are counted by the engine's own hook
-//! ([`qcow2_image::DedupTableReferences`], the one `qcow2 check` uses). The
-//! refcount check reports a wrong refcount or a second role of a cluster as
-//! `RC-MATCH`/`RC-OVERLAP` whatever structure the cluster belongs to; when
-//! the cluster is one of the dedup table's, the rule it breaks is
-//! `DD-REFCOUNT` ([`dedup_rule_of`]). A deduplicated image (bit 1 set) also
+//! ([`qcow2_image::DedupTableReferences`], the one `qcow2 check` uses),
+//! which makes the refcount check report a wrong refcount or a second role
+//! of one of them under `DD-REFCOUNT` itself. A deduplicated image (bit 1 set) also
 //! gets `qcow2_dedup::verify`, as in `qcow2 check`: its corruptions
 //! (`DD-DIGEST`, `DD-LIVE`, ...) are findings, its notes (a guest offset
 //! that is only history) are not.
@@ -55,25 +53,6 @@ pub fn rule_of(finding: &Finding) -> Option<RuleId> {
     finding.rule
 }
 
-/// `DD-REFCOUNT` for a refcount mismatch (`RC-MATCH`) or a second role
-/// (`RC-OVERLAP`) of a cluster that holds part of the dedup table
-/// (`ranges`, from `qcow2_dedup::table_ranges`); `None` for anything else.
-pub fn dedup_rule_of(
-    finding: &Finding,
-    ranges: &[(HostOffset, u64)],
-    cluster_size: u64,
-) -> Option<RuleId> {
-    if !matches!(finding.rule, Some(r) if r == rules::RC_MATCH || r == rules::RC_OVERLAP) {
-        return None;
-    }
-    let start = finding.offset?.get() / cluster_size * cluster_size;
-    let end = start + cluster_size;
-    ranges
-        .iter()
-        .any(|&(at, len)| at.get() < end && at.get().saturating_add(len) > start)
-        .then_some(rules::DD_REFCOUNT)
-}
-
 /// Runs the engine's checks on a whole image file whose header area parsed
 /// and was accepted.
 ///
@@ -85,13 +64,11 @@ pub fn judge(bytes: &[u8], area: &HeaderArea) -> EngineVerdict {
         return verdict;
     }
     let storage = MemoryStorage::from_bytes(bytes.to_vec());
-    let dedup_ranges = qcow2_dedup::table_ranges(&storage, area).unwrap_or_default();
-    let cluster_size = 1u64 << area.header.cluster_bits.min(63);
     let hook = DedupTableReferences;
     match check::check(&storage, &[&hook]) {
         Ok(report) => {
             for f in &report.findings {
-                if let Some(rule) = dedup_rule_of(f, &dedup_ranges, cluster_size).or(rule_of(f)) {
+                if let Some(rule) = rule_of(f) {
                     verdict.findings.push(EngineFinding {
                         rule,
                         message: f.to_string(),

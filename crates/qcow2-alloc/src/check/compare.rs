@@ -94,7 +94,7 @@ pub(crate) fn compare(
                     report.record(
                         FindingKind::Corruption,
                         at,
-                        Some(rules::RC_OVERLAP),
+                        Some(map.hook_rule(cluster).unwrap_or(rules::RC_OVERLAP)),
                         format!("cluster {cluster} is used as {roles} at the same time"),
                         1,
                     );
@@ -109,6 +109,9 @@ pub(crate) fn compare(
             if let Some(roles) = overlap(map, cluster) {
                 message.push_str(&format!(" (used as {roles})"));
                 rule = rules::RC_OVERLAP;
+            }
+            if let Some(hook) = map.hook_rule(cluster) {
+                rule = hook;
             }
             let fixable = on_disk != 0
                 && ((on_disk > computed && fix.leaks) || (on_disk < computed && fix.errors));

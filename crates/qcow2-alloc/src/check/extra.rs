@@ -47,7 +47,8 @@ impl std::fmt::Debug for References<'_, '_> {
 impl References<'_, '_> {
     /// Counts one reference to every host cluster that the bytes
     /// `offset..offset + len` touch. `what` names the structure in messages
-    /// and `rule` is the rule a bad reference breaks. Returns false (and
+    /// and `rule` is the rule a bad reference breaks; refcount mismatches
+    /// and overlaps of those clusters are reported under it too. Returns false (and
     /// records a corruption) when the range ends one cluster or more past
     /// the end of the file.
     pub fn add(&mut self, offset: HostOffset, len: u64, what: &'static str, rule: RuleId) -> bool {
@@ -56,7 +57,11 @@ impl References<'_, '_> {
             rule,
             what,
         };
-        self.counter.add(None, offset.get(), len, r, 1)
+        let counted = self.counter.add(None, offset.get(), len, r, 1);
+        if counted {
+            self.counter.set_hook_rule(offset.get(), len, rule);
+        }
+        counted
     }
 
     /// Records a corruption the hook found in its own structures, at the

@@ -73,6 +73,9 @@ impl Chunk {
 pub(crate) struct RefMap {
     chunks: Vec<Option<Box<Chunk>>>,
     len: u64,
+    /// The rule of clusters an extra-references hook counted (its table's
+    /// own rule, reported for their refcount and overlap findings).
+    hook_rules: std::collections::HashMap<u64, qcow2_format::RuleId>,
 }
 
 /// Splits a cluster index into (chunk, index in chunk); both fit `usize`
@@ -88,6 +91,7 @@ impl RefMap {
         let mut map = Self {
             chunks: Vec::new(),
             len: 0,
+            hook_rules: std::collections::HashMap::new(),
         };
         map.grow(len).then_some(map)
     }
@@ -113,6 +117,16 @@ impl RefMap {
     /// The computed refcount of `cluster` (0 when untracked).
     pub fn get(&self, cluster: u64) -> u64 {
         self.slot(cluster).map_or(0, |(c, i)| c.counts[i])
+    }
+
+    /// Records that a hook counted `cluster` under `rule`.
+    pub fn set_hook_rule(&mut self, cluster: u64, rule: qcow2_format::RuleId) {
+        self.hook_rules.insert(cluster, rule);
+    }
+
+    /// The rule of a hook that counted `cluster`, if one did.
+    pub fn hook_rule(&self, cluster: u64) -> Option<qcow2_format::RuleId> {
+        self.hook_rules.get(&cluster).copied()
     }
 
     /// The roles of `cluster`.

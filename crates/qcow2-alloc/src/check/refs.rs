@@ -33,6 +33,19 @@ pub(crate) struct Counter<'r> {
 }
 
 impl<'r> Counter<'r> {
+    /// Notes that the clusters of `offset..offset + size` belong to a
+    /// hook's structure whose rule is `rule`.
+    pub fn set_hook_rule(&mut self, offset: u64, size: u64, rule: qcow2_format::RuleId) {
+        if size == 0 {
+            return;
+        }
+        let first = offset / self.cluster_size;
+        let last = (offset.saturating_add(size) - 1) / self.cluster_size;
+        for cluster in first..=last.min(self.map.len().saturating_sub(1)) {
+            self.map.set_hook_rule(cluster, rule);
+        }
+    }
+
     /// A counter for `img` tracking the clusters of its file.
     pub fn new(img: &Image<'_>, map: RefMap, report: &'r mut CheckReport) -> Self {
         Self {
