@@ -21,7 +21,7 @@ pub use digest::{hash_cluster, hash_clusters, is_zero, sha256_backend, Digest};
 pub use error::{DedupError, Result};
 pub use index::{DigestIndex, MAX_INDEXED_CLUSTER};
 pub use scan::{
-    live_data, table_ranges, verify, walk_active, DedupFinding, DedupStats, GuestMapping, Severity,
-    Verification,
+    live_data, stats, table_ranges, verify, walk_active, DedupFinding, DedupStats, GuestMapping,
+    Severity, Verification,
 };
 pub use table::{ClusterAllocator, DedupTable, MAX_L1_ENTRIES};

@@ -22,10 +22,6 @@ const RUN_ALIGN: u64 = 1 << 20;
 /// Source bytes between two write-back hints: the disk then works while
 /// the workers compress, instead of all at the final flush.
 const WRITEBACK_EVERY: u64 = 32 << 20;
-/// Source bytes between two flushes of a deduplicating convert: a flush
-/// frees the clusters that hits made redundant, and later allocations then
-/// reuse them instead of growing the file.
-const DEDUP_FLUSH_EVERY: u64 = 64 << 20;
 
 /// How [`Image::convert_from`] copies.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +53,9 @@ enum Outcome {
     Plain,
     /// Compressed; the stream is this long.
     Compressed(usize),
+    /// Not compressed: its digest matched a stream already written (the
+    /// writer confirms the match, or compresses the cluster itself).
+    Repeat,
 }
 
 /// One window: its clusters' source bytes and what to store for each.
@@ -141,11 +140,10 @@ impl Image {
         let clusters_per_window = ((WINDOW_BYTES_PER_WORKER * workers) / cs).max(workers);
         let window_bytes = clusters_per_window * cs;
         let mut stats = ConvertStats::default();
-        let mut share = crate::convert_dedup::CompressedShare::default();
+        let share = std::sync::Mutex::new(crate::convert_dedup::CompressedShare::default());
         let (mut filling, mut draining) = (Window::new(), Window::new());
         let mut next = 0u64;
         let mut hinted = 0u64;
-        let mut flushed = 0u64;
         loop {
             let more = next < size;
             let start = next;
@@ -153,12 +151,12 @@ impl Image {
             let (filled, written) = rayon::join(
                 || {
                     if more {
-                        self.fill(source, options, &mut filling, start, next - start)
+                        self.fill(source, options, &mut filling, start, next - start, &share)
                     } else {
                         Ok(())
                     }
                 },
-                || self.drain(&draining, &mut stats, &mut share),
+                || self.drain(&draining, &mut stats, &share),
             );
             written?;
             filled?;
@@ -170,10 +168,7 @@ impl Image {
                     let _ = self.storage.start_writeback();
                     hinted = done;
                 }
-                if self.dedup_enabled() && done - flushed >= DEDUP_FLUSH_EVERY {
-                    self.flush()?;
-                    flushed = done;
-                }
+                self.reclaim_dedup_copies()?;
                 progress(done);
             }
             if !more {
@@ -191,6 +186,7 @@ impl Image {
         window: &mut Window,
         start: u64,
         len: u64,
+        share: &std::sync::Mutex<crate::convert_dedup::CompressedShare>,
     ) -> Result<()> {
         let cs = self.cluster_size() as usize;
         let count = (len as usize).div_ceil(cs);
@@ -231,6 +227,10 @@ impl Image {
                     Outcome::Zero
                 } else if !options.compress {
                     Outcome::Plain
+                } else if digest.is_some_and(|d| lock(share).known(&d)) {
+                    // Likely a repeat of a stream already written: the
+                    // writer decides, so this only saves work.
+                    Outcome::Repeat
                 } else {
                     match self.compress_cluster(&chunk[..valid], stream)? {
                         Some(n) => Outcome::Compressed(n),
@@ -247,7 +247,7 @@ impl Image {
         &self,
         window: &Window,
         stats: &mut ConvertStats,
-        share: &mut crate::convert_dedup::CompressedShare,
+        share: &std::sync::Mutex<crate::convert_dedup::CompressedShare>,
     ) -> Result<()> {
         let cs = self.cluster_size() as usize;
         let per_run = (RUN_ALIGN / cs as u64).max(1);
@@ -260,23 +260,43 @@ impl Image {
                     stats.zero += 1;
                     i += 1;
                 }
-                Outcome::Compressed(n) => {
+                Outcome::Compressed(_) | Outcome::Repeat => {
                     let data = &window.input[i * cs..i * cs + valid(i)];
-                    let shared = match &window.digests[i] {
-                        Some(d) => match share.find(self, d, data)? {
-                            Some(desc) => self.share_compressed(desc, offset)?,
-                            None => false,
-                        },
+                    let digest = window.digests[i];
+                    let found = match &digest {
+                        Some(d) => lock(share).find(self, d, data)?,
+                        None => None,
+                    };
+                    let shared = match found {
+                        Some(desc) => self.share_compressed(desc, offset)?,
                         None => false,
                     };
                     if shared {
                         stats.deduplicated += 1;
-                    } else {
-                        let desc = self.store_compressed_stream(&window.streams[i][..n], offset)?;
-                        if let Some(d) = &window.digests[i] {
-                            share.add(d, desc);
+                        i += 1;
+                        continue;
+                    }
+                    let mut own = Vec::new();
+                    let stream = match window.outcomes[i] {
+                        Outcome::Compressed(n) => Some(&window.streams[i][..n]),
+                        _ => self.compress_cluster(data, &mut own)?.map(|n| &own[..n]),
+                    };
+                    match stream {
+                        Some(stream) => {
+                            let desc = self.store_compressed_stream(stream, offset)?;
+                            if let Some(d) = &digest {
+                                lock(share).add(d, desc);
+                            }
+                            stats.compressed += 1;
                         }
-                        stats.compressed += 1;
+                        None => {
+                            let hashed = digest.map(|d| crate::dedup_write::Hashed {
+                                first: offset / cs as u64,
+                                digests: vec![Some(d)],
+                            });
+                            self.write_hashed(data, offset, hashed.as_ref())?;
+                            stats.plain += 1;
+                        }
                     }
                     i += 1;
                 }
@@ -306,6 +326,10 @@ impl Image {
         }
         Ok(())
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether any part of the range may hold non-zero bytes.

@@ -43,6 +43,11 @@ impl CompressedShare {
         Ok(None)
     }
 
+    /// Whether a stream may exist for `digest` (a fragment match).
+    pub fn known(&self, digest: &Digest) -> bool {
+        !self.index.candidates(digest).is_empty()
+    }
+
     /// Remembers a stream just written for `digest`.
     pub fn add(&mut self, digest: &Digest, descriptor: CompressedDescriptor) {
         let slot = ClusterIndex(self.descriptors.len() as u64);

@@ -21,6 +21,10 @@ use crate::meta::{sync, Meta};
 const PASS_BATCH: u64 = 512;
 /// Batches between two flushes of the offline pass (crash safety points).
 const PASS_FLUSH_EVERY: u64 = 16;
+/// Clusters whose last reference a hit dropped that may wait for a flush
+/// at least; more wait as the image grows (1/64 of its clusters), so flushes
+/// stay rare on large images while few freed copies are left behind.
+const MIN_PENDING_FREES: u64 = 32;
 
 /// Digests of the whole clusters a write covers, computed before any lock
 /// is taken.
@@ -306,6 +310,41 @@ impl Image {
         })
     }
 
+    /// Whether enough clusters wait to be freed (hits on private clusters
+    /// free the old copy at the next flush) that a flush should let later
+    /// allocations reuse them instead of growing the file.
+    fn too_many_pending(&self, meta: &mut Meta) -> Result<bool> {
+        let Some(state) = meta.dedup.as_ref() else {
+            return Ok(false);
+        };
+        let pending = state.pending.len() as u64;
+        if pending < MIN_PENDING_FREES {
+            return Ok(false);
+        }
+        let file_clusters = self
+            .storage
+            .len()
+            .map_err(|e| ImageError::io("reading the file length", 0, e))?
+            / self.layout.cluster_size();
+        Ok(pending >= (file_clusters / 64).max(MIN_PENDING_FREES))
+    }
+
+    /// Flushes a deduplicating image when enough copies made redundant by
+    /// hits wait to be freed (see [`MIN_PENDING_FREES`]).
+    pub(crate) fn reclaim_dedup_copies(&self) -> Result<()> {
+        if !self.dedup_enabled() {
+            return Ok(());
+        }
+        let due = {
+            let mut meta = self.lock_meta();
+            self.too_many_pending(&mut meta)?
+        };
+        if due {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Indexes every uncompressed data cluster of the image (guest order),
     /// merging duplicates when `merge`: data is read and hashed on all
     /// cores without the locks, decisions are taken under them, and the
@@ -358,7 +397,7 @@ impl Image {
                         }
                     }
                     batch_no += 1;
-                    if batch_no % PASS_FLUSH_EVERY == 0 {
+                    if batch_no % PASS_FLUSH_EVERY == 0 || self.too_many_pending(meta)? {
                         meta.flush(&*self.storage)?;
                     }
                     Ok(())

@@ -94,6 +94,11 @@ fn format_specific(out: &mut String, info: &ImageInfo) -> fmt::Result {
         writeln!(out, "{i1}dedup:")?;
         writeln!(out, "{i1}{i1}table offset: {}", d.l1_offset.get())?;
         writeln!(out, "{i1}{i1}table size: {}", d.l1_size)?;
+        if let Some(s) = &info.dedup_stats {
+            writeln!(out, "{i1}{i1}indexed clusters: {}", s.indexed_clusters)?;
+            writeln!(out, "{i1}{i1}shared clusters: {}", s.shared_clusters)?;
+            writeln!(out, "{i1}{i1}bytes saved: {}", s.bytes_saved)?;
+        }
     }
     Ok(())
 }

@@ -85,6 +85,12 @@ struct CompressFormat<'a> {
 struct Dedup {
     table_offset: u64,
     table_size: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    indexed_clusters: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_clusters: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_saved: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -157,6 +163,9 @@ fn data(info: &ImageInfo) -> Qcow2Data<'_> {
         dedup: info.area.dedup().map(|d| Dedup {
             table_offset: d.l1_offset.get(),
             table_size: d.l1_size,
+            indexed_clusters: info.dedup_stats.map(|s| s.indexed_clusters),
+            shared_clusters: info.dedup_stats.map(|s| s.shared_clusters),
+            bytes_saved: info.dedup_stats.map(|s| s.bytes_saved),
         }),
         read_only_reason: info.assessment.read_only.map(|r| r.as_str()),
         notes: info

@@ -35,9 +35,13 @@ JSON output:
   Keys only this tool writes, all inside format-specific.data:
     compress-format   {name, level, extra-data-size}: the seed compress format
                       extension (0xC03183A3), when present
-    dedup             {table-offset, table-size}: the seed deduplication
+    dedup             {table-offset, table-size, indexed-clusters,
+                      shared-clusters, bytes-saved}: the seed deduplication
                       extension (0xCD8E819B), when present; table-size counts
-                      u64 entries of the level-1 dedup table
+                      u64 entries of the level-1 dedup table; the numbers
+                      (when the table can be read) count non-empty entries,
+                      host clusters more than one guest cluster maps, and
+                      the bytes that sharing saves
     read-only-reason  the rule ID that restricts the image to read-only
                       opening (for example FEAT-CORRUPT), when there is one
     notes             [{rule, offset, message}]: non-fatal findings, each with

@@ -24,6 +24,9 @@ pub struct ImageInfo {
     pub assessment: Assessment,
     /// Persistent bitmaps, when the bitmaps extension is present and consistent.
     pub bitmaps: Vec<BitmapInfo>,
+    /// Deduplication numbers, when the image has a dedup table that could
+    /// be read.
+    pub dedup_stats: Option<qcow2_dedup::DedupStats>,
 }
 
 /// The backing file, as named and as QEMU would resolve it.
@@ -56,7 +59,12 @@ impl ImageInfo {
             }
             _ => Vec::new(),
         };
+        let dedup_stats = area.dedup().and_then(|_| {
+            let storage = qcow2_io::FileStorage::open(path, false).ok()?;
+            qcow2_dedup::stats(&storage, &area).ok()
+        });
         Ok(Self {
+            dedup_stats,
             filename: path.to_string_lossy().into_owned(),
             file_length: file.len(),
             actual_size: file.allocated_bytes(),
