@@ -756,7 +756,15 @@ impl Measured {
         let c_ratio = c_dedup as f64 / self.c_ideal() as f64;
         let rss = self.plain[2].rss();
         let (built, opened) = self.index_per_cluster();
+        let (plain_s, dedup_s) = (self.plain[1].best(), self.plain[2].best());
         let mut s = format!(
+            "- Time of `convert --dedup` against our plain convert of the same disk: {dedup_s:.2} \
+             s against {plain_s:.2} s (best of each), {:.2}x the plain time (goal <= 1.00x): \
+             **{}**.\n",
+            dedup_s / plain_s,
+            verdict(dedup_s <= plain_s),
+        );
+        s += &format!(
             "- Output size of `convert --dedup`: {:.2} MiB against 1.01 x ideal + metadata = \
              1.01 x {:.2} + {:.2} (L1/L2/refcounts) + {:.2} (dedup table) = {:.2} MiB: **{}** \
              ({:.4}x of that limit).\n",
