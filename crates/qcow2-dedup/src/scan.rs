@@ -80,7 +80,7 @@ pub fn walk_active(
                 l2_extended::decode_at(&table, i, &ctx, l2.get())
             } else {
                 qcow2_format::tables::l2::decode_at(&table, i, &ctx, l2.get())
-                    .map(standard_as_extended)
+                    .map(ExtendedL2Mapping::from)
             };
             let Ok(mapping) = mapping else { continue };
             let guest = k as u64 * per + i;
@@ -110,27 +110,6 @@ pub fn walk_active(
         }
     }
     Ok(())
-}
-
-fn standard_as_extended(m: qcow2_format::tables::l2::L2Mapping) -> ExtendedL2Mapping {
-    use qcow2_format::tables::l2::L2Mapping;
-    match m {
-        L2Mapping::Unallocated => ExtendedL2Mapping::Unallocated { zero: 0 },
-        L2Mapping::Zero { preallocated: None } => ExtendedL2Mapping::Unallocated { zero: 1 },
-        L2Mapping::Zero {
-            preallocated: Some(host),
-        } => ExtendedL2Mapping::Allocated {
-            host,
-            allocated: 0,
-            zero: 1,
-        },
-        L2Mapping::Data(host) => ExtendedL2Mapping::Allocated {
-            host,
-            allocated: 1,
-            zero: 0,
-        },
-        L2Mapping::Compressed(d) => ExtendedL2Mapping::Compressed(d),
-    }
 }
 
 /// Live uncompressed data clusters: host cluster -> (first guest cluster

@@ -6,6 +6,7 @@
 //! a few MiB per worker whatever the disk size. Windows the source reports
 //! as holding no data are skipped without reading.
 
+use qcow2_dedup::is_zero;
 use rayon::prelude::*;
 
 use crate::backing::BackingSource;
@@ -340,18 +341,9 @@ fn has_data(source: &dyn BackingSource, start: u64, len: u64) -> Result<bool> {
         .any(|e| matches!(e.kind, ExtentKind::Data { .. } | ExtentKind::Compressed)))
 }
 
-/// Whether every byte is zero (word-wise for speed).
-pub fn is_zero(bytes: &[u8]) -> bool {
-    let (words, rest) = bytes.split_at(bytes.len() - bytes.len() % 8);
-    words
-        .chunks_exact(8)
-        .all(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]) == 0)
-        && rest.iter().all(|&b| b == 0)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::is_zero;
+    use qcow2_dedup::is_zero;
 
     #[test]
     fn zero_detection_sees_every_byte() {

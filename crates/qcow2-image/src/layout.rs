@@ -90,23 +90,7 @@ impl Layout {
             let bitmap = table.get(index * w + 1).copied().unwrap_or(0);
             return Ok(ExtendedL2Mapping::decode(first, bitmap, &self.ctx, at)?);
         }
-        Ok(match L2Mapping::decode(first, &self.ctx, at)? {
-            L2Mapping::Unallocated => ExtendedL2Mapping::Unallocated { zero: 0 },
-            L2Mapping::Zero { preallocated: None } => ExtendedL2Mapping::Unallocated { zero: 1 },
-            L2Mapping::Zero {
-                preallocated: Some(host),
-            } => ExtendedL2Mapping::Allocated {
-                host,
-                allocated: 0,
-                zero: 1,
-            },
-            L2Mapping::Data(host) => ExtendedL2Mapping::Allocated {
-                host,
-                allocated: 1,
-                zero: 0,
-            },
-            L2Mapping::Compressed(d) => ExtendedL2Mapping::Compressed(d),
-        })
+        Ok(L2Mapping::decode(first, &self.ctx, at)?.into())
     }
 
     /// Encodes `mapping` into entry `index`.

@@ -44,6 +44,32 @@ pub struct ExtendedL2EntryRaw {
     pub bitmap: U64,
 }
 
+/// A standard entry seen as an extended one with a single unit: a data
+/// cluster is one allocated unit, a zero cluster one zero unit (keeping a
+/// preallocated host cluster), so code can handle both table kinds alike.
+impl From<crate::tables::l2::L2Mapping> for ExtendedL2Mapping {
+    fn from(m: crate::tables::l2::L2Mapping) -> Self {
+        use crate::tables::l2::L2Mapping;
+        match m {
+            L2Mapping::Unallocated => Self::Unallocated { zero: 0 },
+            L2Mapping::Zero { preallocated: None } => Self::Unallocated { zero: 1 },
+            L2Mapping::Zero {
+                preallocated: Some(host),
+            } => Self::Allocated {
+                host,
+                allocated: 0,
+                zero: 1,
+            },
+            L2Mapping::Data(host) => Self::Allocated {
+                host,
+                allocated: 1,
+                zero: 0,
+            },
+            L2Mapping::Compressed(d) => Self::Compressed(d),
+        }
+    }
+}
+
 /// One decoded extended L2 entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
