@@ -127,6 +127,9 @@ fn crash_offline_dedup_and_rebuild() {
         Op::Dedup { merge: true },
         write(3 * mib + 4 * CS, 8 * CS, 7),
         Op::Flush,
+        Op::RebuildDedup,
+        write(3 * mib + 16 * CS, 8 * CS, 7),
+        Op::Flush,
     ];
     run(&Workload::new(
         "dedup-offline",

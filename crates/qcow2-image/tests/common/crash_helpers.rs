@@ -326,6 +326,9 @@ pub enum Op {
     /// Offline deduplication (`amend -o dedup=on`): the table is built and,
     /// with `merge`, duplicate clusters are merged. Content is unchanged.
     Dedup { merge: bool },
+    /// Rebuilds the dedup table from scratch: the table is dropped (bit 1
+    /// cleared, its clusters freed) and a new one indexes the data.
+    RebuildDedup,
 }
 
 impl Op {
@@ -337,7 +340,7 @@ impl Op {
             | Op::Discard { offset, len } => Some((offset, offset + len)),
             Op::Resize(new) if new < size => Some((new, size)),
             Op::Resize(new) => Some((size, new)),
-            Op::Flush | Op::Dedup { .. } => None,
+            Op::Flush | Op::Dedup { .. } | Op::RebuildDedup => None,
         }
     }
 }
@@ -567,6 +570,10 @@ pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>, died: &dyn Fn() -> 
             }
             Op::Flush => image.flush(),
             Op::Dedup { merge } => image.enable_dedup(merge, &mut |_, _| {}).map(|_| ()),
+            Op::RebuildDedup => image
+                .disable_dedup()
+                .and_then(|()| image.enable_dedup(false, &mut |_, _| {}))
+                .map(|_| ()),
         };
         if let Err(e) = outcome {
             result.error = Some(format!("step {i} ({op:?}): {e}"));
