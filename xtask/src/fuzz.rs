@@ -44,9 +44,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if !available("cargo", &["+nightly", "--version"])
         || !available("cargo", &["fuzz", "--version"])
     {
-        return Err("fuzz: cannot run: needs `cargo +nightly` (rustup toolchain install \
+        return Err(
+            "fuzz: cannot run: needs `cargo +nightly` (rustup toolchain install \
                     nightly) and cargo-fuzz (`cargo install cargo-fuzz --locked`)"
-            .to_string());
+                .to_string(),
+        );
     }
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
