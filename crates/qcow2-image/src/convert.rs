@@ -10,6 +10,7 @@ use qcow2_dedup::is_zero;
 use rayon::prelude::*;
 
 use crate::backing::BackingSource;
+use crate::convert_repeat::RepeatFinder;
 use crate::error::{ImageError, Result};
 use crate::image::Image;
 use crate::status::ExtentKind;
@@ -70,6 +71,9 @@ struct Window {
     outcomes: Vec<Outcome>,
     /// Digests of the non-zero clusters when the image deduplicates.
     digests: Vec<Option<qcow2_dedup::Digest>>,
+    /// An earlier guest cluster with the same bytes, found instead of a
+    /// digest (see [`RepeatFinder`]).
+    same_as: Vec<Option<u64>>,
 }
 
 impl Window {
@@ -81,6 +85,7 @@ impl Window {
             streams: Vec::new(),
             outcomes: Vec::new(),
             digests: Vec::new(),
+            same_as: Vec::new(),
         }
     }
 }
@@ -100,6 +105,18 @@ impl Image {
         options: &ConvertOptions,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<ConvertStats> {
+        self.convert_with(source, options, progress, true)
+    }
+
+    /// [`Image::convert_from`], with the cheap repeat search on or off (off
+    /// only in tests, to compare with hashing every cluster).
+    fn convert_with(
+        &self,
+        source: &dyn BackingSource,
+        options: &ConvertOptions,
+        progress: &mut (dyn FnMut(u64) + Send),
+        find_repeats: bool,
+    ) -> Result<ConvertStats> {
         self.check_writable()?;
         if source.size() > self.size() {
             return Err(ImageError::InvalidArgument {
@@ -117,7 +134,7 @@ impl Image {
             });
         }
         match options.threads {
-            None => self.run_pipeline(source, options, progress),
+            None => self.run_pipeline(source, options, progress, find_repeats),
             Some(n) => rayon::ThreadPoolBuilder::new()
                 .num_threads(n.max(1))
                 .build()
@@ -125,7 +142,7 @@ impl Image {
                     what: "threads",
                     reason: e.to_string(),
                 })?
-                .install(|| self.run_pipeline(source, options, progress)),
+                .install(|| self.run_pipeline(source, options, progress, find_repeats)),
         }
     }
 
@@ -134,6 +151,7 @@ impl Image {
         source: &dyn BackingSource,
         options: &ConvertOptions,
         progress: &mut (dyn FnMut(u64) + Send),
+        find_repeats: bool,
     ) -> Result<ConvertStats> {
         let cs = self.cluster_size();
         let size = self.size();
@@ -142,6 +160,8 @@ impl Image {
         let window_bytes = clusters_per_window * cs;
         let mut stats = ConvertStats::default();
         let share = std::sync::Mutex::new(crate::convert_dedup::CompressedShare::default());
+        let repeats = (find_repeats && self.dedup_enabled() && !options.compress)
+            .then(|| RepeatFinder::new(size.div_ceil(cs), cs as usize));
         let (mut filling, mut draining) = (Window::new(), Window::new());
         let mut next = 0u64;
         let mut hinted = 0u64;
@@ -152,7 +172,11 @@ impl Image {
             let (filled, written) = rayon::join(
                 || {
                     if more {
-                        self.fill(source, options, &mut filling, start, next - start, &share)
+                        let shared = Shared {
+                            compressed: &share,
+                            repeats: repeats.as_ref(),
+                        };
+                        self.fill(source, options, &mut filling, start, next - start, shared)
                     } else {
                         Ok(())
                     }
@@ -187,7 +211,7 @@ impl Image {
         window: &mut Window,
         start: u64,
         len: u64,
-        share: &std::sync::Mutex<crate::convert_dedup::CompressedShare>,
+        shared: Shared<'_>,
     ) -> Result<()> {
         let cs = self.cluster_size() as usize;
         let count = (len as usize).div_ceil(cs);
@@ -197,6 +221,8 @@ impl Image {
         window.outcomes.resize(count, Outcome::Zero);
         window.digests.clear();
         window.digests.resize(count, None);
+        window.same_as.clear();
+        window.same_as.resize(count, None);
         if !has_data(source, start, len)? {
             return Ok(());
         }
@@ -213,8 +239,9 @@ impl Image {
             .zip(window.streams.par_iter_mut())
             .zip(window.outcomes.par_iter_mut())
             .zip(window.digests.par_iter_mut())
+            .zip(window.same_as.par_iter_mut())
             .enumerate()
-            .try_for_each(|(i, (((chunk, stream), outcome), digest))| {
+            .try_for_each(|(i, ((((chunk, stream), outcome), digest), same_as))| {
                 let offset = start + (i * cs) as u64;
                 let valid = ((start + len - offset) as usize).min(cs);
                 let readable = (source_size.saturating_sub(offset) as usize).min(valid);
@@ -222,13 +249,19 @@ impl Image {
                 chunk[readable..].fill(0);
                 let zero = is_zero(chunk);
                 if dedup && !zero {
-                    *digest = Some(qcow2_dedup::hash_cluster(chunk));
+                    *same_as = match shared.repeats {
+                        Some(r) => r.earlier_copy(source, offset / cs as u64, chunk)?,
+                        None => None,
+                    };
+                    if same_as.is_none() {
+                        *digest = Some(qcow2_dedup::hash_cluster(chunk));
+                    }
                 }
                 *outcome = if zero {
                     Outcome::Zero
                 } else if !options.compress {
                     Outcome::Plain
-                } else if digest.is_some_and(|d| lock(share).known(&d)) {
+                } else if digest.is_some_and(|d| lock(shared.compressed).known(&d)) {
                     // Likely a repeat of a stream already written: the
                     // writer decides, so this only saves work.
                     Outcome::Repeat
@@ -252,6 +285,7 @@ impl Image {
     ) -> Result<()> {
         let cs = self.cluster_size() as usize;
         let per_run = (RUN_ALIGN / cs as u64).max(1);
+
         let valid = |i: usize| ((window.len as usize) - i * cs).min(cs);
         let mut i = 0;
         while i < window.outcomes.len() {
@@ -315,7 +349,7 @@ impl Image {
                     if self.dedup_enabled() {
                         let hashed = crate::dedup_write::Hashed {
                             first: first_cluster,
-                            digests: window.digests[first..i].to_vec(),
+                            digests: self.resolve_repeats(window, first..i)?,
                         };
                         self.write_hashed(data, offset, Some(&hashed))?;
                     } else {
@@ -327,6 +361,35 @@ impl Image {
         }
         Ok(())
     }
+
+    /// The digests of clusters `range` of a window, each repeat's taken
+    /// from the entry of the copy written for its earlier cluster (hashed
+    /// here if that has none, say when it is in this very run), so the
+    /// writer decides as if every cluster had been hashed.
+    fn resolve_repeats(
+        &self,
+        window: &Window,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<Option<qcow2_dedup::Digest>>> {
+        let cs = self.cluster_size() as usize;
+        let mut digests = window.digests[range.clone()].to_vec();
+        for (i, digest) in range.zip(digests.iter_mut()) {
+            if let Some(g) = window.same_as[i] {
+                *digest = Some(match self.indexed_digest_of(g)? {
+                    Some(d) => d,
+                    None => qcow2_dedup::hash_cluster(&window.input[i * cs..(i + 1) * cs]),
+                });
+            }
+        }
+        Ok(digests)
+    }
+}
+
+/// What the workers of one convert share.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    compressed: &'a std::sync::Mutex<crate::convert_dedup::CompressedShare>,
+    repeats: Option<&'a RepeatFinder>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -343,7 +406,85 @@ fn has_data(source: &dyn BackingSource, start: u64, len: u64) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use qcow2_dedup::is_zero;
+    use qcow2_io::MemoryStorage;
+
+    use super::ConvertOptions;
+    use crate::backing::RawBacking;
+    use crate::options::{BackingMode, CreateOptions};
+    use crate::Image;
+
+    const CS: usize = 65536;
+
+    /// 20 MiB: a 3 MiB block three times at 64 KiB-aligned offsets (so
+    /// repeats lie in other windows, and some in the same run), zeros and
+    /// unique clusters between.
+    fn repeating_disk() -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        };
+        let block = noise(3 << 20);
+        let mut disk = vec![0u8; 20 << 20];
+        for (i, at) in [0, (7 << 20) + CS, (14 << 20) + 2 * CS]
+            .into_iter()
+            .enumerate()
+        {
+            disk[at..at + block.len()].copy_from_slice(&block);
+            let unique = noise(5 * CS);
+            let tail = at + block.len() + i * CS;
+            disk[tail..tail + unique.len()].copy_from_slice(&unique);
+        }
+        // A repeat inside one run: cluster 50 equals unique cluster 49.
+        let (a, b) = disk.split_at_mut(50 * CS);
+        b[..CS].copy_from_slice(&a[49 * CS..]);
+        disk
+    }
+
+    fn convert(disk: &[u8], threads: usize, find_repeats: bool) -> (Vec<u8>, Vec<u8>) {
+        let storage = Arc::new(MemoryStorage::new());
+        let mut options = CreateOptions::new(disk.len() as u64);
+        options.dedup = true;
+        let image = Image::create(storage.clone(), &options, BackingMode::Ignore).unwrap();
+        let source = RawBacking::new(Arc::new(MemoryStorage::from_bytes(disk.to_vec()))).unwrap();
+        let options = ConvertOptions {
+            compress: false,
+            threads: Some(threads),
+        };
+        image
+            .convert_with(&source, &options, &mut |_| {}, find_repeats)
+            .unwrap();
+        // 48 block clusters and 15 unique ones, one of them twice.
+        assert_eq!(image.dedup_index_stats().map(|s| s.0), Some(62));
+        let mut guest = vec![0u8; disk.len()];
+        image.read_at(&mut guest, 0).unwrap();
+        image.close().unwrap();
+        (storage.to_vec(), guest)
+    }
+
+    #[test]
+    fn finding_repeats_without_hashing_them_changes_no_byte_of_the_output() {
+        let disk = repeating_disk();
+        let (hashed, guest) = convert(&disk, 2, false);
+        assert!(guest == disk, "the hashed convert reads back wrong");
+        for threads in [1, 2, 3] {
+            let (found, guest) = convert(&disk, threads, true);
+            assert!(guest == disk, "{threads} threads: reads back wrong");
+            assert!(
+                found == hashed,
+                "{threads} threads: output differs from hashing every cluster"
+            );
+        }
+    }
 
     #[test]
     fn zero_detection_sees_every_byte() {

@@ -6,7 +6,10 @@
 //! between private and shared in place:
 //! - a hit on a private cluster `p` (one referrer `A`) writes the data to a
 //!   fresh cluster `q` with refcount 2 and maps both `A` and the writer to
-//!   it, then lets `p` go; a crash in between leaves leaks only;
+//!   it, then lets `p` go; a crash in between leaves leaks only. When `A`'s
+//!   mapping has not reached the disk yet (its L2 table was not written
+//!   since `p` was allocated, the usual case in a convert), `p` turns
+//!   shared in place: the refcount of 2 is durable before either entry;
 //! - a shared cluster about to keep a single referrer is copied to a fresh
 //!   private cluster for that referrer before its refcount drops
 //!   ([`Meta::relocate_survivors`]).
@@ -40,6 +43,10 @@ pub(crate) struct DedupState {
     /// References to uncompressed data clusters queued for release since
     /// the last flush, by cluster.
     pub pending: HashMap<u64, u64>,
+    /// Freshly allocated clusters whose one referrer sits in an L2 table
+    /// not written since (by L1 index): no COPIED entry for them is on
+    /// disk yet, so a hit may make them shared in place.
+    pub unwritten: HashMap<u64, HashSet<u64>>,
 }
 
 /// Takes table clusters from the image's refcounts.
@@ -245,12 +252,20 @@ impl Meta {
             self.set_mapping(storage, guest, whole(&layout, HostOffset(p.get() * cs)))?;
             return self.release_mapping(old).map(|()| true);
         }
-        // Private to its first writer: both move to a fresh shared copy.
         let first = entry.guest_offset.get() / cs;
         let first_old = self.mapping(storage, first)?;
         if first == guest || self.data_cluster(first_old) != Some(p) || max < 2 {
             return Ok(false);
         }
+        if self.referrer_unwritten(first, p) {
+            self.refcounts.add_ref(storage, p)?;
+            let shared = whole(&layout, HostOffset(p.get() * cs));
+            self.set_mapping(storage, first, shared)?;
+            self.set_mapping(storage, guest, shared)?;
+            return self.release_mapping(old).map(|()| true);
+        }
+        // Private to a referrer the disk may know: both move to a fresh
+        // shared copy.
         let q = self.refcounts.allocate(storage, 1)?;
         storage
             .write_at(data, q.get(), WriteKind::Data)
@@ -264,6 +279,33 @@ impl Meta {
         self.release_mapping(old)?;
         self.dedup_index(storage, qc, *digest, first)?;
         Ok(true)
+    }
+
+    /// Notes that fresh cluster `p` was just mapped by guest cluster
+    /// `guest` alone, in an L2 table the disk does not have that way yet.
+    pub fn note_unwritten_referrer(&mut self, guest: u64, p: ClusterIndex) {
+        let l1_index = guest / self.layout.l2_entries();
+        if let Some(state) = self.dedup.as_mut() {
+            state.unwritten.entry(l1_index).or_default().insert(p.get());
+        }
+    }
+
+    /// Whether guest cluster `guest`'s mapping to `p` has not been written
+    /// since `p` was allocated.
+    fn referrer_unwritten(&self, guest: u64, p: ClusterIndex) -> bool {
+        let l1_index = guest / self.layout.l2_entries();
+        self.dedup
+            .as_ref()
+            .and_then(|d| d.unwritten.get(&l1_index))
+            .is_some_and(|set| set.contains(&p.get()))
+    }
+
+    /// The L2 table of `l1_index` is on disk now (or dropped): what it
+    /// maps may be known there.
+    pub fn l2_table_written(&mut self, l1_index: u64) {
+        if let Some(state) = self.dedup.as_mut() {
+            state.unwritten.remove(&l1_index);
+        }
     }
 
     /// Queues the release of a data cluster reference (bookkeeping for the

@@ -114,6 +114,7 @@ pub(crate) fn load_state(storage: &dyn Storage, meta: &Meta) -> Result<DedupStat
         index,
         verify: false,
         pending: Default::default(),
+        unwritten: Default::default(),
     })
 }
 
@@ -262,6 +263,7 @@ impl Image {
             index: DigestIndex::new(),
             verify: false,
             pending: Default::default(),
+            unwritten: Default::default(),
         });
         meta.flush(storage)?;
         self.dedup_on.store(true, Ordering::Release);
@@ -408,6 +410,21 @@ impl Image {
         }
         self.flush()?;
         Ok(report)
+    }
+
+    /// The digest in the entry of the cluster guest cluster `guest` maps
+    /// whole, if it has one.
+    pub(crate) fn indexed_digest_of(&self, guest: u64) -> Result<Option<Digest>> {
+        let mut meta = self.lock_meta();
+        let storage = &*self.storage;
+        let mapping = meta.mapping(storage, guest)?;
+        let Some(p) = meta.data_cluster(mapping) else {
+            return Ok(None);
+        };
+        Ok(match meta.dedup.as_mut() {
+            Some(s) => s.table.get(storage, p)?.map(|e| e.hash),
+            None => None,
+        })
     }
 
     /// Whether host cluster `p` holds an entry (tests and tools).

@@ -17,6 +17,7 @@ mod backing;
 mod compress;
 mod convert;
 mod convert_dedup;
+mod convert_repeat;
 mod create;
 mod dedup;
 mod dedup_write;

@@ -139,6 +139,7 @@ impl Meta {
             written?;
         }
         self.l2.remove(victim);
+        self.l2_table_written(victim);
         Ok(())
     }
 
@@ -322,6 +323,7 @@ impl Meta {
         if let Some(slot) = self.l2.get(l1_index) {
             slot.dirty = false;
         }
+        self.l2_table_written(l1_index);
         Ok(())
     }
 

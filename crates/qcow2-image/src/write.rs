@@ -323,6 +323,7 @@ impl Image {
             let m = meta.mapping(storage, g)?;
             if let Some(p) = meta.data_cluster(m) {
                 meta.dedup_index(storage, p, *dn, g)?;
+                meta.note_unwritten_referrer(g, p);
             }
         }
         Ok(written)
