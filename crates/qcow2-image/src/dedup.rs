@@ -14,9 +14,11 @@
 //!   private cluster for that referrer before its refcount drops
 //!   ([`Meta::relocate_survivors`]).
 //!
-//! Entries are written only after the data they describe is durable, are
-//! cleared durably before an indexed cluster is overwritten in place, and
-//! are cleared before the refcount of their cluster drops to zero.
+//! Entries are written only after the data they describe is durable and
+//! are cleared before the refcount of their cluster drops to zero. New data
+//! for an indexed cluster goes to a fresh cluster (the old one is freed at
+//! the next flush), or with [`crate::DedupOverwrite::ClearFirst`] the entry
+//! is cleared durably before the cluster is overwritten in place.
 
 use std::collections::{HashMap, HashSet};
 
@@ -190,6 +192,18 @@ impl Meta {
             .set(storage, &mut TableAlloc(&mut self.refcounts), p, None)?;
         state.index.remove(&entry.hash, p);
         Ok(true)
+    }
+
+    /// Whether a write to private cluster `p` must go to a fresh cluster
+    /// instead: `p` is indexed and the image writes elsewhere.
+    pub fn overwrite_elsewhere(&mut self, storage: &dyn Storage, p: ClusterIndex) -> Result<bool> {
+        if self.dedup_overwrite != crate::dedup_write::DedupOverwrite::WriteElsewhere {
+            return Ok(false);
+        }
+        Ok(match self.dedup.as_mut() {
+            Some(state) => state.table.get(storage, p)?.is_some(),
+            None => false,
+        })
     }
 
     /// Before `p` is overwritten in place: its entry, if any, is cleared

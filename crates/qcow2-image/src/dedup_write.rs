@@ -118,7 +118,30 @@ pub(crate) fn load_state(storage: &dyn Storage, meta: &Meta) -> Result<DedupStat
     })
 }
 
+/// How a write to an indexed cluster that only one guest cluster maps is
+/// kept from leaving a dedup entry that disagrees with the data after a
+/// crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DedupOverwrite {
+    /// The new data goes to a fresh cluster and the old one is freed at the
+    /// next flush (its entry cleared durably before its refcount drops):
+    /// no flush on the write path. Faster in `cargo xtask bench dedup`.
+    #[default]
+    WriteElsewhere,
+    /// The entry is cleared and made durable (a flush of the dedup table),
+    /// then the data is written in place: no new cluster, no fragmentation,
+    /// but flushes on every first overwrite of an indexed cluster.
+    ClearFirst,
+}
+
 impl Image {
+    /// Chooses how writes overwrite indexed clusters (see
+    /// [`DedupOverwrite`]).
+    pub fn set_dedup_overwrite(&self, mode: DedupOverwrite) {
+        self.lock_meta().dedup_overwrite = mode;
+    }
+
     /// Whether writes are deduplicated (a deduplicated image open for
     /// writing).
     pub fn dedup_enabled(&self) -> bool {

@@ -200,6 +200,7 @@ impl Image {
             compressed_cursor: None,
             dedup: None,
             cow_results: Vec::new(),
+            dedup_overwrite: Default::default(),
         };
         let dedup_on = options.writable && features.dedup();
         if dedup_on {

@@ -36,7 +36,7 @@ mod zero;
 pub use amend::{AmendOptions, AmendReport, Compat};
 pub use backing::{raw_block_status, resolve_backing_path, BackingSource, RawBacking};
 pub use convert::{ConvertOptions, ConvertStats};
-pub use dedup_write::{rebuild_dedup, DedupPassReport, DedupTableReferences};
+pub use dedup_write::{rebuild_dedup, DedupOverwrite, DedupPassReport, DedupTableReferences};
 pub use error::{ImageError, Result};
 pub use image::{read_area as read_header_area, Image};
 pub use options::{BackingMode, CreateOptions, OpenOptions, Preallocation};

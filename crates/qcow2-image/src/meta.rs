@@ -37,6 +37,8 @@ pub(crate) struct Meta {
     pub dedup: Option<crate::dedup::DedupState>,
     /// Copy-on-write results of the current write, hashed after it.
     pub cow_results: Vec<crate::dedup_write::CowResult>,
+    /// How an indexed, private cluster is overwritten.
+    pub dedup_overwrite: crate::dedup_write::DedupOverwrite,
 }
 
 /// Words of an L2 table read from disk, in native order.

@@ -72,7 +72,7 @@ impl Image {
                 pos += self.write_dedup(meta, cluster, mapping, digest, &data[pos..], hashed)?;
                 continue;
             }
-            if let Some(host) = self.private_host(meta, mapping)? {
+            if let Some(host) = self.in_place_host(meta, mapping)? {
                 self.write_in_place(meta, cluster, mapping, host, within, &data[pos..pos + n])?;
                 pos += n;
                 continue;
@@ -104,6 +104,23 @@ impl Image {
             }
             _ => Ok(None),
         }
+    }
+
+    /// [`Self::private_host`], unless the cluster is indexed and the image
+    /// writes such clusters elsewhere.
+    fn in_place_host(
+        &self,
+        meta: &mut Meta,
+        mapping: ExtendedL2Mapping,
+    ) -> Result<Option<HostCluster>> {
+        let Some(host) = self.private_host(meta, mapping)? else {
+            return Ok(None);
+        };
+        let p = self.layout.geometry.host_cluster(host.offset);
+        if meta.overwrite_elsewhere(&*self.storage, p)? {
+            return Ok(None);
+        }
+        Ok(Some(host))
     }
 
     fn write_data(&self, data: &[u8], host: u64) -> Result<()> {
@@ -293,7 +310,7 @@ impl Image {
         if meta.dedup_hit(storage, cluster, mapping, &d, chunk)? {
             return Ok(cs);
         }
-        if let Some(host) = self.private_host(meta, mapping)? {
+        if let Some(host) = self.in_place_host(meta, mapping)? {
             self.write_in_place(meta, cluster, mapping, host, 0, chunk)?;
             let p = self.layout.geometry.host_cluster(host.offset);
             meta.dedup_index(storage, p, d, cluster)?;

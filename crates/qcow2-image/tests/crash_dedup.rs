@@ -11,7 +11,7 @@ use common::Rng;
 mod crash_helpers;
 
 use crash_helpers::{assert_no_failures, crash_workload, Caps, Op, Workload};
-use qcow2_image::CreateOptions;
+use qcow2_image::{CreateOptions, DedupOverwrite};
 
 const CS: u64 = 4096;
 
@@ -52,10 +52,12 @@ fn run(w: &Workload) {
     assert_no_failures(&summary);
 }
 
-#[test]
-fn crash_dedup_hits_overwrites_and_frees() {
+/// Hits, overwrites and frees, with indexed clusters overwritten the way
+/// `mode` says.
+fn online_ops(mode: DedupOverwrite) -> Vec<Op> {
     let mib = 1 << 20;
-    let ops = vec![
+    vec![
+        Op::Overwrite(mode),
         write(0, 16 * CS, 1),
         Op::Flush,
         // Hits on private clusters: both move to shared copies.
@@ -66,7 +68,7 @@ fn crash_dedup_hits_overwrites_and_frees() {
         // A partial write to a shared cluster copies it first.
         write(mib + 100, 5000, 2),
         Op::Flush,
-        // An indexed, unshared cluster overwritten in place.
+        // An indexed, unshared cluster overwritten (in place or elsewhere).
         write(3 * mib, 4 * CS, 3),
         Op::Flush,
         write(3 * mib + 300, 2000, 4),
@@ -83,12 +85,26 @@ fn crash_dedup_hits_overwrites_and_frees() {
         Op::Flush,
         write(2 * mib, 4 * CS, 3),
         Op::Flush,
-    ];
+    ]
+}
+
+#[test]
+fn crash_dedup_hits_overwrites_and_frees() {
     run(&Workload::new(
         "dedup-online",
-        options(8 * mib, true),
+        options(8 << 20, true),
         None,
-        ops,
+        online_ops(DedupOverwrite::WriteElsewhere),
+    ));
+}
+
+#[test]
+fn crash_dedup_overwrites_that_clear_the_entry_first() {
+    run(&Workload::new(
+        "dedup-online-clear-first",
+        options(8 << 20, true),
+        None,
+        online_ops(DedupOverwrite::ClearFirst),
     ));
 }
 

@@ -144,6 +144,8 @@ pub enum Op {
     /// Rebuilds the dedup table from scratch: the table is dropped (bit 1
     /// cleared, its clusters freed) and a new one indexes the data.
     RebuildDedup,
+    /// How later writes overwrite indexed clusters (no I/O of its own).
+    Overwrite(qcow2_image::DedupOverwrite),
 }
 
 impl Op {
@@ -155,7 +157,7 @@ impl Op {
             | Op::Discard { offset, len } => Some((offset, offset + len)),
             Op::Resize(new) if new < size => Some((new, size)),
             Op::Resize(new) => Some((size, new)),
-            Op::Flush | Op::Dedup { .. } | Op::RebuildDedup => None,
+            Op::Flush | Op::Dedup { .. } | Op::RebuildDedup | Op::Overwrite(_) => None,
         }
     }
 }
@@ -389,6 +391,10 @@ pub fn run_workload(w: &Workload, storage: Arc<dyn Storage>, died: &dyn Fn() -> 
                 .disable_dedup()
                 .and_then(|()| image.enable_dedup(false, &mut |_, _| {}))
                 .map(|_| ()),
+            Op::Overwrite(mode) => {
+                image.set_dedup_overwrite(mode);
+                Ok(())
+            }
         };
         if let Err(e) = outcome {
             result.error = Some(format!("step {i} ({op:?}): {e}"));
