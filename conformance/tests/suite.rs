@@ -50,3 +50,46 @@ fn writer_golden_images_are_current() {
         "conformance/golden/writer is stale (run `cargo xtask golden`): {stale:?}"
     );
 }
+
+#[test]
+fn a_positive_fails_on_another_rules_finding_and_an_unparsable_golden_is_an_error() {
+    use qcow2_conformance::corpus::{Origin, TestImage};
+    use qcow2_conformance::negatives::{self, CaseInput};
+    let mut images = qcow2_conformance::corpus::load().expect("corpus");
+    let case = negatives::all()
+        .into_iter()
+        .find(|c| c.rule.as_str() == "RC-MATCH")
+        .expect("an RC-MATCH negative");
+    let Ok(CaseInput::Bytes(bytes)) = (case.build)(&images) else {
+        panic!("the RC-MATCH negative builds no image");
+    };
+    images.push(TestImage {
+        name: "rc-mismatch-posing-as-positive".into(),
+        origin: Origin::Writer,
+        bytes,
+    });
+    let reports = qcow2_conformance::runner::run_on(&images);
+    // RC-TABLE-ENTRY holds on that image, but the image has a finding of
+    // another rule, so it is no positive for any rule.
+    let rule = reports
+        .iter()
+        .find(|r| r.id == "RC-TABLE-ENTRY")
+        .expect("RC-TABLE-ENTRY report");
+    assert!(
+        rule.failures
+            .iter()
+            .any(|f| f.contains("rc-mismatch-posing-as-positive")),
+        "{:?}",
+        rule.failures
+    );
+    assert!(!rule.ok());
+
+    images.push(TestImage {
+        name: "garbage".into(),
+        origin: Origin::Qemu,
+        bytes: b"not an image".to_vec(),
+    });
+    let errors = qcow2_conformance::runner::unparsable(&images);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("garbage"), "{errors:?}");
+}
