@@ -8,6 +8,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod consequence;
 pub mod corpus;
 pub mod engine_check;
 pub mod engine_images;

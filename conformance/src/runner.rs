@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use qcow2_format::HeaderArea;
 
+use crate::consequence::{observe, Consequence};
 use crate::corpus::{self, TestImage};
 use crate::evaluate::{evaluate, evaluate_area, Evaluation};
 use crate::negatives::{self, CaseInput};
@@ -22,6 +23,11 @@ pub struct RuleReport {
     pub negative_passed: usize,
     /// Negative cases run.
     pub negative_total: usize,
+    /// What the spec's Violation column says happens (`None`: a cell the
+    /// suite cannot read, which fails the rule).
+    pub consequence: Option<Consequence>,
+    /// What the engine did with each negative case, one line per case.
+    pub observed: Vec<String>,
     /// What went wrong, one line per failed case.
     pub failures: Vec<String>,
 }
@@ -135,6 +141,7 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
         })
         .collect();
     let negatives = negatives::all();
+    let violations = crate::spec_doc::load_violations().unwrap_or_default();
     registry::all()
         .into_iter()
         .map(|entry| {
@@ -144,8 +151,19 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
                 positive_total: 0,
                 negative_passed: 0,
                 negative_total: 0,
+                consequence: violations
+                    .get(entry.id.as_str())
+                    .and_then(|c| Consequence::from_cell(c)),
+                observed: Vec::new(),
                 failures: Vec::new(),
             };
+            if report.consequence.is_none() {
+                report.failures.push(format!(
+                    "Violation cell {:?} of docs/spec.md is none of refuse, read-only, check, \
+                     ignore+keep",
+                    violations.get(entry.id.as_str())
+                ));
+            }
             for (img, area, eval) in &evaluated {
                 let Some(area) = area else { continue };
                 if !(entry.applies)(&img.bytes, area) {
@@ -172,9 +190,10 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
             }
             for case in negatives.iter().filter(|c| c.rule == entry.id) {
                 report.negative_total += 1;
-                let eval = match (case.build)(images) {
-                    Ok(CaseInput::Bytes(b)) => evaluate(&b),
-                    Ok(CaseInput::Area(a)) => evaluate_area(&a),
+                let built = (case.build)(images);
+                let eval = match &built {
+                    Ok(CaseInput::Bytes(b)) => evaluate(b),
+                    Ok(CaseInput::Area(a)) => evaluate_area(a),
                     Err(e) => {
                         report
                             .failures
@@ -182,12 +201,29 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
                         continue;
                     }
                 };
-                if eval.triggered() == [entry.id] {
-                    report.negative_passed += 1;
-                } else {
+                if eval.triggered() != [entry.id] {
                     report
                         .failures
                         .push(format!("negative {:?}: {}", case.name, eval.describe()));
+                    continue;
+                }
+                let seen = match (&built, report.consequence) {
+                    (Ok(CaseInput::Bytes(b)), Some(c)) => observe(b, entry.id, c),
+                    // A header area no writer may produce: refused above,
+                    // there is no file to open.
+                    (Ok(CaseInput::Area(_)), Some(Consequence::Refuse)) => {
+                        Ok("refused by the header checks (a writer-side case)".into())
+                    }
+                    _ => Err("no consequence to check".into()),
+                };
+                match seen {
+                    Ok(what) => {
+                        report.negative_passed += 1;
+                        report.observed.push(format!("{}: {what}", case.name));
+                    }
+                    Err(why) => report
+                        .failures
+                        .push(format!("negative {:?}: consequence: {why}", case.name)),
                 }
             }
             report

@@ -93,3 +93,28 @@ fn a_positive_fails_on_another_rules_finding_and_an_unparsable_golden_is_an_erro
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("garbage"), "{errors:?}");
 }
+
+#[test]
+fn a_consequence_that_does_not_happen_fails() {
+    use qcow2_conformance::consequence::{observe, Consequence};
+    use qcow2_format::rules;
+    let images = qcow2_conformance::corpus::load().expect("corpus");
+    let plain = qcow2_conformance::negatives::plain(&images).expect("plain image");
+    // A clean image opens: "refuse" and "read-only" do not happen.
+    assert!(observe(&plain, rules::HDR_MAGIC, Consequence::Refuse).is_err());
+    assert!(observe(&plain, rules::FEAT_CORRUPT, Consequence::ReadOnly).is_err());
+    // A wrong magic is refused, naming the rule.
+    let mut bad = plain.clone();
+    bad[0] = 0;
+    let seen = observe(&bad, rules::HDR_MAGIC, Consequence::Refuse).expect("refused");
+    assert!(seen.contains("HDR-MAGIC"), "{seen}");
+    // Refused, but not for the rule the case claims.
+    assert!(observe(&bad, rules::HDR_VERSION, Consequence::Refuse).is_err());
+    // An unknown autoclear bit is cleared by a rewrite, an unknown
+    // compatible bit kept.
+    let mut auto = plain.clone();
+    auto[95] |= 0x80;
+    auto[87] |= 0x40;
+    let seen = observe(&auto, rules::FEAT_UNKNOWN_COMPAT, Consequence::IgnoreKeep).expect("kept");
+    assert!(seen.contains("autoclear bits cleared"), "{seen}");
+}

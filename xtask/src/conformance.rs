@@ -1,4 +1,5 @@
-//! `cargo xtask conformance [--json]`: one line per rule; non-zero exit on any failure.
+//! `cargo xtask conformance [--json]`: one line per rule (cases passed, the
+//! consequence checked through the engine); non-zero exit on any failure.
 
 /// Runs the conformance suite and prints its report.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
@@ -12,11 +13,21 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         println!("{text}");
     } else {
-        println!("{:<24} {:>9} {:>9}  status", "rule", "positive", "negative");
+        println!(
+            "{:<24} {:>9} {:>9}  {:<12} status",
+            "rule", "positive", "negative", "consequence"
+        );
         for r in &report.rules {
             let status = if r.ok() { "ok" } else { "FAIL" };
+            let consequence = match r.consequence {
+                Some(c) => serde_json::to_value(c)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                None => "?".into(),
+            };
             println!(
-                "{:<24} {:>4}/{:<4} {:>4}/{:<4}  {status}",
+                "{:<24} {:>4}/{:<4} {:>4}/{:<4}  {consequence:<12} {status}",
                 r.id, r.positive_passed, r.positive_total, r.negative_passed, r.negative_total
             );
             for f in &r.failures {

@@ -61,7 +61,7 @@ pub(crate) fn pick(
 }
 
 /// The plain v3 64 KiB image.
-pub(crate) fn plain(images: &[TestImage]) -> Result<Vec<u8>, String> {
+pub fn plain(images: &[TestImage]) -> Result<Vec<u8>, String> {
     crate::seed_images::plain_base(images).map(|i| i.bytes.clone())
 }
 

@@ -1,0 +1,150 @@
+//! The Violation column of docs/spec.md, checked through the engine: what
+//! `qcow2_image::Image` must do with an image that breaks a rule.
+
+use std::sync::Arc;
+
+use qcow2_format::{HeaderArea, RuleId};
+use qcow2_image::{BackingMode, Image, ImageError, OpenOptions};
+use qcow2_io::MemoryStorage;
+
+/// What the spec says happens to an image that breaks a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consequence {
+    /// Opening fails, with the rule in the error.
+    Refuse,
+    /// Opens for reading; opening for writing fails, naming the rule.
+    ReadOnly,
+    /// Opens for reading; `check` reports the rule.
+    Check,
+    /// Opens for writing; what the rule covers survives a rewrite.
+    IgnoreKeep,
+}
+
+impl Consequence {
+    /// Reads a Violation cell (`refuse`, `read-only`, `check`, `ignore+keep`).
+    pub fn from_cell(cell: &str) -> Option<Self> {
+        match cell.trim() {
+            "refuse" => Some(Self::Refuse),
+            "read-only" => Some(Self::ReadOnly),
+            "check" => Some(Self::Check),
+            "ignore+keep" => Some(Self::IgnoreKeep),
+            _ => None,
+        }
+    }
+}
+
+fn open(bytes: &[u8], writable: bool) -> Result<(Image, Arc<MemoryStorage>), ImageError> {
+    let storage = Arc::new(MemoryStorage::from_bytes(bytes.to_vec()));
+    let options = OpenOptions {
+        writable,
+        backing: BackingMode::Ignore,
+    };
+    Image::open(storage.clone(), options).map(|image| (image, storage))
+}
+
+fn names(e: &ImageError, rule: RuleId) -> bool {
+    e.rule() == Some(rule) || e.to_string().contains(rule.as_str())
+}
+
+/// Checks that the engine does with `bytes` (which break `rule`) what
+/// `expected` says; `Ok` holds a description of what happened.
+pub fn observe(bytes: &[u8], rule: RuleId, expected: Consequence) -> Result<String, String> {
+    match expected {
+        Consequence::Refuse => match open(bytes, false) {
+            Ok(_) => Err("opened, but the rule says refuse".into()),
+            Err(e) if names(&e, rule) => Ok(format!("refused: {e}")),
+            Err(e) => Err(format!("refused without naming {rule}: {e}")),
+        },
+        Consequence::ReadOnly => {
+            open(bytes, false).map_err(|e| format!("not even read-only: {e}"))?;
+            match open(bytes, true) {
+                Ok(_) => Err("opened for writing, but the rule says read-only".into()),
+                Err(e) if names(&e, rule) => Ok(format!("read-only: {e}")),
+                Err(e) => Err(format!("writable open refused without naming {rule}: {e}")),
+            }
+        }
+        Consequence::Check => read_around(bytes, rule),
+        Consequence::IgnoreKeep => keep_across_rewrite(bytes),
+    }
+}
+
+/// Clusters read by [`read_around`] at most.
+const READ_CLUSTERS: u64 = 4096;
+
+/// The finding itself is compared by the runner (the engine's check must
+/// report exactly this rule); here: the image opens read-only and every
+/// cluster reads, or fails with an error that names the rule.
+fn read_around(bytes: &[u8], rule: RuleId) -> Result<String, String> {
+    let (image, _) =
+        open(bytes, false).map_err(|e| format!("refused, but the rule says check: {e}"))?;
+    let cs = image.cluster_size();
+    let clusters = image.size().div_ceil(cs).min(READ_CLUSTERS);
+    let mut buf = vec![0u8; cs as usize];
+    let mut failed = 0;
+    for c in 0..clusters {
+        let len = (image.size() - c * cs).min(cs) as usize;
+        if let Err(e) = image.read_at(&mut buf[..len], c * cs) {
+            if !names(&e, rule) {
+                return Err(format!(
+                    "reading guest cluster {c} failed without naming {rule}: {e}"
+                ));
+            }
+            failed += 1;
+        }
+    }
+    Ok(format!(
+        "opened read-only; {} of {clusters} clusters read, {failed} refused naming {rule}",
+        clusters - failed
+    ))
+}
+
+/// Opens `bytes` for writing, grows the disk by one cluster (which rewrites
+/// the header) and closes; the header area must come back the same apart
+/// from the size (and the L1 table, if it moved).
+fn keep_across_rewrite(bytes: &[u8]) -> Result<String, String> {
+    let before = HeaderArea::parse(bytes).map_err(|e| format!("does not parse: {e}"))?;
+    let (image, storage) = open(bytes, true)
+        .map_err(|e| format!("refused for writing, but the rule says keep: {e}"))?;
+    let grown = image.size() + image.cluster_size();
+    image
+        .resize(grown)
+        .and_then(|()| image.close())
+        .map_err(|e| format!("rewrite (resize) failed: {e}"))?;
+    let after_bytes = storage.to_vec();
+    let mut after = HeaderArea::parse(&after_bytes)
+        .map_err(|e| format!("rewritten image does not parse: {e}"))?;
+    if after.header.size != grown {
+        return Err(format!(
+            "the resize did not land: size {}",
+            after.header.size
+        ));
+    }
+    let mut cleared = "";
+    if before.header.autoclear_features != 0 {
+        // Autoclear bits are the exception: cleared before the first write.
+        if after.header.autoclear_features != 0 {
+            return Err(format!(
+                "autoclear bits {:#x} survived a write",
+                after.header.autoclear_features
+            ));
+        }
+        after.header.autoclear_features = before.header.autoclear_features;
+        cleared = ", autoclear bits cleared";
+    }
+    after.header.size = before.header.size;
+    after.header.l1_table_offset = before.header.l1_table_offset;
+    after.header.l1_size = before.header.l1_size;
+    let (mut a, mut b) = (before.clone(), after);
+    let (a, b) = (
+        a.to_bytes().map_err(|e| e.to_string())?,
+        b.to_bytes().map_err(|e| e.to_string())?,
+    );
+    match a.iter().zip(&b).position(|(x, y)| x != y) {
+        None if a.len() == b.len() => Ok(format!("kept byte for byte across a resize{cleared}")),
+        None => Err(format!("header area {} bytes, was {}", b.len(), a.len())),
+        Some(at) => Err(format!(
+            "header area changed at byte {at:#x} across a resize"
+        )),
+    }
+}
