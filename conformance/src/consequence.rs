@@ -103,7 +103,6 @@ fn read_around(bytes: &[u8], rule: RuleId) -> Result<String, String> {
 /// the header) and closes; the header area must come back the same apart
 /// from the size (and the L1 table, if it moved).
 fn keep_across_rewrite(bytes: &[u8]) -> Result<String, String> {
-    let before = HeaderArea::parse(bytes).map_err(|e| format!("does not parse: {e}"))?;
     let (image, storage) = open(bytes, true)
         .map_err(|e| format!("refused for writing, but the rule says keep: {e}"))?;
     let grown = image.size() + image.cluster_size();
@@ -111,9 +110,16 @@ fn keep_across_rewrite(bytes: &[u8]) -> Result<String, String> {
         .resize(grown)
         .and_then(|()| image.close())
         .map_err(|e| format!("rewrite (resize) failed: {e}"))?;
-    let after_bytes = storage.to_vec();
-    let mut after = HeaderArea::parse(&after_bytes)
-        .map_err(|e| format!("rewritten image does not parse: {e}"))?;
+    compare_kept(bytes, &storage.to_vec(), grown)
+}
+
+/// Compares the header areas of an image before and after a rewrite that
+/// grew it to `grown` bytes: equal but for the size (and the L1 table, if
+/// it moved), with autoclear bits cleared as FEAT-UNKNOWN-COMPAT says.
+pub fn compare_kept(before: &[u8], after: &[u8], grown: u64) -> Result<String, String> {
+    let before = HeaderArea::parse(before).map_err(|e| format!("does not parse: {e}"))?;
+    let mut after =
+        HeaderArea::parse(after).map_err(|e| format!("rewritten image does not parse: {e}"))?;
     if after.header.size != grown {
         return Err(format!(
             "the resize did not land: size {}",

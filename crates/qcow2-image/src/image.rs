@@ -59,6 +59,16 @@ impl std::fmt::Debug for Image {
     }
 }
 
+/// The highest level of the built-in codec called `name` (`None` when no
+/// codec has that name): the look-up [`Image::open`] hands to
+/// `HeaderArea::assess`, for tools that judge a header the same way.
+pub fn codec_max_level(name: &str) -> Option<u8> {
+    Registry::builtin()
+        .info(name)
+        .ok()
+        .map(|i| i.levels().max())
+}
+
 impl Image {
     /// Opens the image file at `path`, following its backing chain.
     pub fn open_path(path: &Path, writable: bool) -> Result<Self> {
@@ -92,13 +102,7 @@ impl Image {
     ) -> Result<Self> {
         let mut area = read_area(&*storage)?;
         let geometry = area.header.geometry()?;
-        let lookup = |name: &str| -> Option<u8> {
-            Registry::builtin()
-                .info(name)
-                .ok()
-                .map(|i| i.levels().max())
-        };
-        let assessment = area.assess(Some(&lookup))?;
+        let assessment = area.assess(Some(&codec_max_level))?;
         let features = assessment.features;
         let h = &area.header;
         if h.crypt_method != 0 {

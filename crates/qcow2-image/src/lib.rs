@@ -38,7 +38,7 @@ pub use backing::{raw_block_status, resolve_backing_path, BackingSource, RawBack
 pub use convert::{ConvertOptions, ConvertStats};
 pub use dedup_write::{rebuild_dedup, DedupOverwrite, DedupPassReport, DedupTableReferences};
 pub use error::{ImageError, Result};
-pub use image::{read_area as read_header_area, Image};
+pub use image::{codec_max_level, read_area as read_header_area, Image};
 pub use options::{BackingMode, CreateOptions, OpenOptions, Preallocation};
 pub use qcow2_dedup::is_zero;
 pub use status::{Extent, ExtentKind};

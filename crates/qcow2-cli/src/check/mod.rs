@@ -127,6 +127,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
         })?,
     );
     let filename = args.file.to_string_lossy();
+    print_header_notes(&*storage);
     let hook = DedupTableReferences;
     let outcome = match args.repair {
         None => check::check(&*storage, &[&hook]).map(|report| {
@@ -172,6 +173,20 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
         .write_all(&bytes)
         .map_err(CliError::Output)?;
     Ok(exit_code(&report))
+}
+
+/// What the header checks noticed without refusing the image (a dirty
+/// bit, padding or table oddities that readers tolerate), on stderr with
+/// the rule: not counted, as `qemu-img check` does not count them.
+fn print_header_notes(storage: &dyn Storage) {
+    let Ok(area) = qcow2_image::read_header_area(storage) else {
+        return;
+    };
+    if let Ok(assessment) = area.assess(Some(&qcow2_image::codec_max_level)) {
+        for note in &assessment.notes {
+            eprintln!("Note {} at {:#x}: {}", note.rule, note.offset, note.message);
+        }
+    }
 }
 
 /// The dedup side of a check: `-r all` rebuilds the table (and the refcount

@@ -51,7 +51,9 @@ impl ImageInfo {
         };
         let area = HeaderArea::parse(&cluster).map_err(format_error)?;
         // No codec lookup: inspecting an image must work even when its compress format is unknown.
-        let assessment = area.assess(None).map_err(format_error)?;
+        let assessment = area
+            .assess(Some(&qcow2_image::codec_max_level))
+            .map_err(format_error)?;
         let bitmaps = match bitmaps_extension(&area) {
             // QEMU ignores the extension while the autoclear bit says it is stale.
             Some(ext) if assessment.features.bitmaps_consistent => {
