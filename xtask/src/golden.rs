@@ -205,28 +205,25 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 catalogue().len(),
                 dir.display()
             );
-            let writer_dir = engine_images::golden_writer_dir();
-            let written = engine_images::write_golden(&writer_dir)?;
-            println!(
-                "golden: wrote {written} images of our writer to {}",
-                writer_dir.display()
-            );
-            Ok(())
+            write_writer_golden()
         }
         [flag] if flag == "--check" => check(&root),
-        [flag] if flag == "--writer" => {
-            // Our writer's images only: after an intended change of what
-            // the engine writes, without touching the qemu-made ones.
-            let writer_dir = engine_images::golden_writer_dir();
-            let written = engine_images::write_golden(&writer_dir)?;
-            println!(
-                "golden: wrote {written} images of our writer to {}",
-                writer_dir.display()
-            );
-            Ok(())
-        }
+        // Our writer's images only: after an intended change of what the
+        // engine writes, without touching the qemu-made ones.
+        [flag] if flag == "--writer" => write_writer_golden(),
         _ => Err("usage: cargo xtask golden [--check | --writer]".to_string()),
     }
+}
+
+/// Rewrites `conformance/golden/writer/` with our writer's images.
+fn write_writer_golden() -> Result<(), String> {
+    let writer_dir = engine_images::golden_writer_dir();
+    let written = engine_images::write_golden(&writer_dir)?;
+    println!(
+        "golden: wrote {written} images of our writer to {}",
+        writer_dir.display()
+    );
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
