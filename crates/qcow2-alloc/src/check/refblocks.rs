@@ -2,6 +2,8 @@
 //! referenced exactly once, be aligned and lie inside the image.
 
 use qcow2_format::rules;
+
+use super::report::FindingKind;
 use qcow2_format::tables::refcount::RC_TABLE_RESERVED_MASK;
 
 use super::error::CheckResult;
@@ -86,6 +88,19 @@ pub(crate) fn count_blocks(
                 return Ok(());
             }
             counter.add(Some(at), raw, cs, block, 1);
+            if raw + cs > img.file_len {
+                // QEMU reads the missing bytes as zeros and does not count it.
+                counter.report.record(
+                    FindingKind::Note,
+                    Some(at),
+                    Some(rules::RC_BLOCK),
+                    format!(
+                        "refcount block {i} at {raw:#x} is cut short by the end of the file ({:#x}); the missing refcounts read as 0",
+                        img.file_len
+                    ),
+                    1,
+                );
+            }
             let n = counter.map.get(cluster);
             if n != 1 {
                 // Two table entries naming one block break the table; a

@@ -22,6 +22,9 @@ pub enum FindingKind {
     CheckError,
     /// A corruption or leak that repair fixed (counted in the `_fixed` fields).
     Repaired,
+    /// Something that breaks a rule of docs/spec.md but that `qemu-img
+    /// check` does not count (readers tolerate it): reported, not counted.
+    Note,
 }
 
 impl FindingKind {
@@ -32,6 +35,7 @@ impl FindingKind {
             Self::Leak => "Leaked",
             Self::CheckError => "Check error",
             Self::Repaired => "Repaired",
+            Self::Note => "Note",
         }
     }
 }
@@ -130,7 +134,7 @@ impl CheckReport {
             FindingKind::Corruption => Some(&mut self.corruptions),
             FindingKind::Leak => Some(&mut self.leaks),
             FindingKind::CheckError => Some(&mut self.check_errors),
-            FindingKind::Repaired => None,
+            FindingKind::Repaired | FindingKind::Note => None,
         };
         if let Some(counter) = counter {
             *counter = counter.saturating_add(times);

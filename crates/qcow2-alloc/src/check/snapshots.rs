@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use qcow2_format::rules;
 use qcow2_format::tables::l1::MAX_L1_ENTRIES;
-use qcow2_format::tables::snapshot::{MAX_EXTRA_DATA, MAX_TABLE_SIZE, SNAPSHOT_HEADER_SIZE};
+use qcow2_format::tables::snapshot::{
+    MAX_EXTRA_DATA, MAX_TABLE_SIZE, SNAPSHOT_HEADER_SIZE, V3_MIN_EXTRA_DATA,
+};
 
 use super::error::CheckResult;
 use super::image::{be16, be32, be64, Image};
@@ -63,6 +65,15 @@ fn parse(
             );
             pos += SNAPSHOT_HEADER_SIZE;
             break;
+        }
+        if img.area.header.version >= 3 && extra < V3_MIN_EXTRA_DATA {
+            counter.report.corruption(
+                Some(at + 36),
+                rules::SNAP_ENTRY,
+                format!(
+                    "snapshot table entry {k} has {extra} bytes of extra data; version 3 needs at least {V3_MIN_EXTRA_DATA} (VM state size and disk size)"
+                ),
+            );
         }
         let id_at = pos + SNAPSHOT_HEADER_SIZE + extra as usize;
         let end = id_at + id_len + name_len;

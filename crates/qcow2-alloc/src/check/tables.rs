@@ -182,6 +182,16 @@ pub(crate) fn l2_table(
                 times,
             );
         };
+        if img.area.header.version < 3 && kind != ClusterType::Compressed && entry & L2_ZERO != 0 {
+            // QEMU reads such a cluster as zeros and does not count it.
+            counter.report.record(
+                FindingKind::Note,
+                Some(at),
+                Some(rules::L2_ZERO_FLAG),
+                format!("L2 entry {entry:#x} has the zero flag (bit 0), which version 2 does not define"),
+                times,
+            );
+        }
         if kind != ClusterType::Compressed && entry & L2_RESERVED_MASK != 0 {
             corrupt(
                 counter,

@@ -49,7 +49,10 @@ What is checked:
   flag or a cluster used as two kinds of metadata at once is a corruption. A
   refcount higher than its references is a leak: wasted space, no harm to
   data. Each finding is printed on stderr with its host offset and the rule
-  ID of docs/spec.md; the summary goes to stdout.
+  ID of docs/spec.md; the summary goes to stdout. Lines starting with Note name rules
+  that readers tolerate and qemu-img does not count (a dirty bit, non-zero
+  header padding, the zero flag on a version 2 image, a refcount block cut
+  short by the end of the file): they change no count and no exit code.
 
 Repair (-r), which opens the image for writing:
   leaks  lowers leaked refcounts to the number of references.
