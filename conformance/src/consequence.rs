@@ -117,7 +117,7 @@ fn keep_across_rewrite(bytes: &[u8]) -> Result<String, String> {
 /// grew it to `grown` bytes: equal but for the size (and the L1 table, if
 /// it moved), with autoclear bits cleared as FEAT-UNKNOWN-COMPAT says.
 pub fn compare_kept(before: &[u8], after: &[u8], grown: u64) -> Result<String, String> {
-    let before = HeaderArea::parse(before).map_err(|e| format!("does not parse: {e}"))?;
+    let mut before = HeaderArea::parse(before).map_err(|e| format!("does not parse: {e}"))?;
     let mut after =
         HeaderArea::parse(after).map_err(|e| format!("rewritten image does not parse: {e}"))?;
     if after.header.size != grown {
@@ -141,10 +141,9 @@ pub fn compare_kept(before: &[u8], after: &[u8], grown: u64) -> Result<String, S
     after.header.size = before.header.size;
     after.header.l1_table_offset = before.header.l1_table_offset;
     after.header.l1_size = before.header.l1_size;
-    let (mut a, mut b) = (before.clone(), after);
     let (a, b) = (
-        a.to_bytes().map_err(|e| e.to_string())?,
-        b.to_bytes().map_err(|e| e.to_string())?,
+        before.to_bytes().map_err(|e| e.to_string())?,
+        after.to_bytes().map_err(|e| e.to_string())?,
     );
     match a.iter().zip(&b).position(|(x, y)| x != y) {
         None if a.len() == b.len() => Ok(format!("kept byte for byte across a resize{cleared}")),

@@ -4,19 +4,29 @@
 //! write refused naming it; reported by `check` with the rule and a failing
 //! exit code; kept across `resize`).
 
+mod tools;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use qcow2_conformance::consequence::{compare_kept, Consequence};
 use qcow2_conformance::negatives::{self, CaseInput};
 use qcow2_format::HeaderArea;
 
+/// The directory and bare name of `file`, to run a tool there.
+fn split(file: &Path) -> (&Path, &str) {
+    let dir = file.parent().expect("file directory");
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name");
+    (dir, name)
+}
+
+/// `qcow2 ARGS FILE`, in the file's directory.
 fn qcow2(args: &[&str], file: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qcow2"))
-        .args(args)
-        .arg(file)
-        .output()
-        .expect("run qcow2")
+    let (dir, name) = split(file);
+    tools::qcow2(dir, &[args, &[name]].concat())
 }
 
 fn text(out: &Output) -> String {
@@ -65,11 +75,8 @@ fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Resu
         Consequence::Check => {
             let out = qcow2(&["check"], file);
             let code = out.status.code();
-            let qemu = Command::new("qemu-img")
-                .args(["check", "-f", "qcow2"])
-                .arg(file)
-                .output()
-                .expect("run qemu-img check");
+            let (dir, name) = split(file);
+            let qemu = tools::qemu_img(dir, &["check", "-f", "qcow2", name]);
             let qemu_code = qemu.status.code();
             if !text(&out).contains(rule) || !as_severe(code, qemu_code, bytes) {
                 return Err(format!(
@@ -82,12 +89,8 @@ fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Resu
         Consequence::IgnoreKeep => {
             let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
             let grown = area.header.size + (1u64 << area.header.cluster_bits);
-            let out = Command::new(env!("CARGO_BIN_EXE_qcow2"))
-                .arg("resize")
-                .arg(file)
-                .arg(grown.to_string())
-                .output()
-                .expect("run qcow2");
+            let (dir, name) = split(file);
+            let out = tools::qcow2(dir, &["resize", name, &grown.to_string()]);
             if !out.status.success() {
                 return Err(format!("resize: {}", text(&out)));
             }

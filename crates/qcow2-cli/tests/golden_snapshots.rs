@@ -7,8 +7,9 @@
 //! paths are stable; `actual-size` (the host file system's allocation) and
 //! absolute backing paths are replaced by a marker.
 
+mod tools;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -20,13 +21,7 @@ fn golden_dirs() -> [PathBuf; 2] {
 /// `qcow2 ARGS FILE --output=json` in `dir`: exit code and parsed output
 /// (or the error text of a refusal).
 fn json(dir: &Path, args: &[&str], file: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_qcow2"))
-        .current_dir(dir)
-        .args(args)
-        .arg("--output=json")
-        .arg(file)
-        .output()
-        .expect("run qcow2");
+    let out = tools::qcow2(dir, &[args, &["--output=json", file]].concat());
     // A refused image is snapshotted by its exit code and error text.
     let output = match serde_json::from_slice::<Value>(&out.stdout) {
         Ok(v) => redact(v),

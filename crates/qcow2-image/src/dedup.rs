@@ -194,16 +194,25 @@ impl Meta {
         Ok(true)
     }
 
+    /// The dedup entry of host cluster `p` (`None` too when dedup is off).
+    pub fn dedup_entry(
+        &mut self,
+        storage: &dyn Storage,
+        p: ClusterIndex,
+    ) -> Result<Option<DedupEntry>> {
+        match self.dedup.as_mut() {
+            Some(state) => Ok(state.table.get(storage, p)?),
+            None => Ok(None),
+        }
+    }
+
     /// Whether a write to private cluster `p` must go to a fresh cluster
     /// instead: `p` is indexed and the image writes elsewhere.
     pub fn overwrite_elsewhere(&mut self, storage: &dyn Storage, p: ClusterIndex) -> Result<bool> {
         if self.dedup_overwrite != crate::dedup_write::DedupOverwrite::WriteElsewhere {
             return Ok(false);
         }
-        Ok(match self.dedup.as_mut() {
-            Some(state) => state.table.get(storage, p)?.is_some(),
-            None => false,
-        })
+        Ok(self.dedup_entry(storage, p)?.is_some())
     }
 
     /// Before `p` is overwritten in place: its entry, if any, is cleared
@@ -356,10 +365,7 @@ impl Meta {
             storage
                 .read_at(&mut data, p * cs)
                 .map_err(|e| ImageError::io("reading a shared cluster", p * cs, e))?;
-            let entry = match self.dedup.as_mut() {
-                Some(s) => s.table.get(storage, pc)?,
-                None => None,
-            };
+            let entry = self.dedup_entry(storage, pc)?;
             let r = self.refcounts.allocate(storage, 1)?;
             storage
                 .write_at(&data, r.get(), WriteKind::Data)

@@ -232,13 +232,7 @@ impl Image {
         if merge && meta.dedup_hit(storage, guest, mapping, d, data)? {
             return Ok(1);
         }
-        let indexed = meta
-            .dedup
-            .as_mut()
-            .map(|s| s.table.get(storage, p))
-            .transpose()?
-            .flatten()
-            .is_some();
+        let indexed = meta.dedup_entry(storage, p)?.is_some();
         if !indexed && meta.refcounts.get(storage, p)? >= 1 {
             meta.dedup_index(storage, p, *d, guest)?;
             return Ok(2);
@@ -444,20 +438,15 @@ impl Image {
         let Some(p) = meta.data_cluster(mapping) else {
             return Ok(None);
         };
-        Ok(match meta.dedup.as_mut() {
-            Some(s) => s.table.get(storage, p)?.map(|e| e.hash),
-            None => None,
-        })
+        Ok(meta.dedup_entry(storage, p)?.map(|e| e.hash))
     }
 
     /// Whether host cluster `p` holds an entry (tests and tools).
     pub fn dedup_entry_of(&self, p: u64) -> Result<Option<Digest>> {
         let mut meta = self.lock_meta();
-        let storage = &*self.storage;
-        Ok(match meta.dedup.as_mut() {
-            Some(s) => s.table.get(storage, ClusterIndex(p))?.map(|e| e.hash),
-            None => None,
-        })
+        Ok(meta
+            .dedup_entry(&*self.storage, ClusterIndex(p))?
+            .map(|e| e.hash))
     }
 }
 
