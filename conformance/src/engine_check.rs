@@ -115,6 +115,10 @@ fn decode_compressed(bytes: &[u8], area: &HeaderArea) -> Vec<EngineFinding> {
     let Ok(geo) = h.geometry() else {
         return Vec::new();
     };
+    if area.data_file().is_some() {
+        // Every compressed descriptor there breaks CMP-DESCRIPTOR already.
+        return Vec::new();
+    }
     let extended = h.incompatible_features & qcow2_format::features::INCOMPAT_EXTENDED_L2 != 0;
     let step = if extended { 16 } else { 8 };
     let cs = geo.cluster_size() as usize;

@@ -15,9 +15,10 @@ pub fn codec_max_level(name: &str) -> Option<u8> {
 /// Everything the checks found in one case.
 #[derive(Debug)]
 pub struct Evaluation {
-    /// The first fatal error (the image would be refused), if any.
-    pub fatal: Option<FormatError>,
-    /// Header-level verdict when there was no fatal header error.
+    /// Every fatal error found (the image would be refused when there is
+    /// one); the first is the one a refusal names.
+    pub fatal: Vec<FormatError>,
+    /// Header-level verdict whenever the geometry and feature bits could be read.
     pub assessment: Option<Assessment>,
     /// Violations found by walking the tables (reported by `check`, not fatal to opening).
     pub table_findings: Vec<FormatError>,
@@ -44,9 +45,15 @@ impl Evaluation {
 
     /// A one-line summary for failure messages.
     pub fn describe(&self) -> String {
-        match &self.fatal {
-            Some(e) => format!("refused: {e}"),
-            None => {
+        match self.fatal.as_slice() {
+            [first, more @ ..] => {
+                let mut text = format!("refused: {first}");
+                for e in more {
+                    text.push_str(&format!("; also {e}"));
+                }
+                text
+            }
+            [] => {
                 let rules: Vec<String> = self.triggered().iter().map(|r| r.to_string()).collect();
                 let mut text = if rules.is_empty() {
                     "accepted, nothing reported".to_string()
@@ -74,7 +81,7 @@ pub fn evaluate(bytes: &[u8]) -> Evaluation {
     let roundtrip = roundtrip(&area, bytes);
     let mut eval = evaluate_area(&area);
     eval.roundtrip = roundtrip;
-    if eval.fatal.is_none() {
+    if eval.fatal.is_empty() {
         if let Some(a) = &eval.assessment {
             eval.table_findings = walk::walk(bytes, &area, a);
             eval.engine = engine_check::judge(bytes, &area);
@@ -85,21 +92,19 @@ pub fn evaluate(bytes: &[u8]) -> Evaluation {
 
 /// Evaluates a header area built in code (what a writer would be asked to produce).
 pub fn evaluate_area(area: &HeaderArea) -> Evaluation {
-    match area.assess(Some(&codec_max_level)) {
-        Ok(a) => Evaluation {
-            fatal: None,
-            assessment: Some(a),
-            table_findings: Vec::new(),
-            roundtrip: Ok(()),
-            engine: EngineVerdict::default(),
-        },
-        Err(e) => refused(e),
+    let (assessment, fatal) = area.assess_all(Some(&codec_max_level));
+    Evaluation {
+        fatal,
+        assessment,
+        table_findings: Vec::new(),
+        roundtrip: Ok(()),
+        engine: EngineVerdict::default(),
     }
 }
 
 fn refused(e: FormatError) -> Evaluation {
     Evaluation {
-        fatal: Some(e),
+        fatal: vec![e],
         assessment: None,
         table_findings: Vec::new(),
         roundtrip: Ok(()),

@@ -179,7 +179,7 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
                             .failures
                             .push(format!("positive {}: {}", img.name, eval.describe()))
                     }
-                    (None, false, Ok(())) => report.positive_passed += 1,
+                    (fatal, false, Ok(())) if fatal.is_empty() => report.positive_passed += 1,
                     (_, _, Err(e)) => report.failures.push(format!("positive {}: {e}", img.name)),
                     _ => {
                         report

@@ -143,6 +143,21 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             "crypt_method 2 without the encryption extension",
             |i| edit_area(&plain(i)?, |a| a.header.crypt_method = 2).map(CaseInput::Bytes),
         ),
+        case(EXT_FDE, "encryption extension with crypt_method 0", |i| {
+            with_fde(i, 0, fde_data(0x10000, 0x1000))
+        }),
+        case(EXT_FDE, "LUKS header offset 0", |i| {
+            with_fde(i, 2, fde_data(0, 0x1000))
+        }),
+        case(EXT_FDE, "LUKS header offset off by 512", |i| {
+            with_fde(i, 2, fde_data(0x10200, 0x1000))
+        }),
+        case(EXT_FDE, "LUKS header length 0", |i| {
+            with_fde(i, 2, fde_data(0x10000, 0))
+        }),
+        case(EXT_FDE, "encryption extension of 8 bytes", |i| {
+            with_fde(i, 2, fde_data(0x10000, 0x1000)[..8].to_vec())
+        }),
         case(EXT_DATA_FILE, "external data file name with a NUL", |i| {
             let b = pick(i, "an image with an external data file", |a| {
                 a.data_file().is_some()
@@ -160,4 +175,28 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             .map(CaseInput::Bytes)
         }),
     ]
+}
+
+/// The 16 data bytes of an encryption header pointer.
+fn fde_data(offset: u64, length: u64) -> Vec<u8> {
+    let mut data = offset.to_be_bytes().to_vec();
+    data.extend(length.to_be_bytes());
+    data
+}
+
+/// The plain image with `crypt_method` and an encryption header pointer
+/// extension holding `data` (raw, so that a wrong length can be written).
+fn with_fde(
+    images: &[crate::corpus::TestImage],
+    crypt_method: u32,
+    data: Vec<u8>,
+) -> Result<CaseInput, String> {
+    edit_area(&plain(images)?, |a| {
+        a.header.crypt_method = crypt_method;
+        a.chain.extensions.push(Extension::Unknown {
+            kind: ext::FULL_DISK_ENCRYPTION,
+            data,
+        });
+    })
+    .map(CaseInput::Bytes)
 }

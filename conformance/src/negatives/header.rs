@@ -6,6 +6,10 @@ use qcow2_format::rules::*;
 use super::{case, pick, plain, CaseInput, NegativeCase};
 use crate::mutate::{edit_area, put_u32, put_u64};
 
+/// The last 64 KiB-aligned offset below 2^63: a table there of more than
+/// one cluster runs past the largest offset.
+const LAST_64K_CLUSTER: u64 = (i64::MAX as u64) & !0xffff;
+
 fn bytes(b: Vec<u8>) -> Result<CaseInput, String> {
     Ok(CaseInput::Bytes(b))
 }
@@ -131,6 +135,41 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         }),
         case(HDR_SNAPSHOTS, "snapshots_offset not cluster aligned", |i| {
             edit_area(&plain(i)?, |a| a.header.snapshots_offset.0 = 0x10008).map(CaseInput::Bytes)
+        }),
+        case(HDR_L1_OFFSET, "l1_table_offset 0 with L1 entries", |i| {
+            edit_area(&plain(i)?, |a| a.header.l1_table_offset.0 = 0).map(CaseInput::Bytes)
+        }),
+        case(HDR_L1_OFFSET, "L1 table ending past 2^63 - 1", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.l1_table_offset.0 = LAST_64K_CLUSTER;
+                a.header.l1_size = 8192;
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(
+            HDR_REFTABLE_OFFSET,
+            "refcount table ending past 2^63 - 1",
+            |i| {
+                edit_area(&plain(i)?, |a| {
+                    a.header.refcount_table_offset.0 = LAST_64K_CLUSTER
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
+        case(HDR_SNAPSHOTS, "snapshots_offset 0 with one snapshot", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.nb_snapshots = 1;
+                a.header.snapshots_offset.0 = 0;
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(HDR_SNAPSHOTS, "snapshot table ending past 2^63 - 1", |i| {
+            edit_area(&plain(i)?, |a| {
+                // 2,000 entries of at least 40 bytes do not fit in the last cluster.
+                a.header.nb_snapshots = 2000;
+                a.header.snapshots_offset.0 = LAST_64K_CLUSTER;
+            })
+            .map(CaseInput::Bytes)
         }),
         case(HDR_REFCOUNT_ORDER, "refcount_order 7", |i| {
             edit_area(&plain(i)?, |a| a.header.refcount_order = 7).map(CaseInput::Bytes)

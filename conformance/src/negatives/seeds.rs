@@ -32,8 +32,22 @@ fn with_cf(
     images: &[crate::corpus::TestImage],
     f: impl FnOnce(&mut ext::CompressFormat),
 ) -> Result<CaseInput, String> {
+    with_cf_of(images, "zlib", f)
+}
+
+/// Edits the compress format extension of the seed image of codec `name`
+/// (default level).
+fn with_cf_of(
+    images: &[crate::corpus::TestImage],
+    name: &str,
+    f: impl FnOnce(&mut ext::CompressFormat),
+) -> Result<CaseInput, String> {
+    let base = named(
+        images,
+        &crate::seed_images::compress_format_image_name(name, 0),
+    )?;
     let mut f = Some(f);
-    edit_area(&cf(images)?, |a| {
+    edit_area(&base, |a| {
         for e in &mut a.chain.extensions {
             if let (Extension::CompressFormat(c), Some(f)) = (e, f.take()) {
                 f(c);
@@ -95,6 +109,15 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         case(CF_LEVEL, "zlib level 200", |i| {
             with_cf(i, |c| c.level = 200)
         }),
+        case(CF_LEVEL, "zlib level 10, one above its maximum", |i| {
+            with_cf(i, |c| c.level = 10)
+        }),
+        case(CF_LEVEL, "zstd level 23, one above its maximum", |i| {
+            with_cf_of(i, "zstd", |c| c.level = 23)
+        }),
+        case(CF_LEVEL, "brotli level 13, one above its maximum", |i| {
+            with_cf_of(i, "brotli", |c| c.level = 13)
+        }),
         case(CF_RESERVED, "byte 18 set", |i| poke(i, 18, 1)),
         case(CF_EXTRA_DATA, "8 bytes of extra data", |i| {
             with_cf(i, |c| c.extra_data = vec![1, 2, 3, 4, 5, 6, 7, 8])
@@ -142,6 +165,19 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             let at = ext_data_at(&b, ext::DEDUP)?;
             let off = get_u64(&b, at);
             put_u64(&mut b, at, off + 8);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(DD_L1_OFFSET, "dedup table offset 0 with entries", |i| {
+            let mut b = dedup(i)?;
+            let at = ext_data_at(&b, ext::DEDUP)?;
+            put_u64(&mut b, at, 0);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(DD_L1_OFFSET, "dedup table ending past 2^63 - 1", |i| {
+            let mut b = dedup(i)?;
+            let at = ext_data_at(&b, ext::DEDUP)?;
+            put_u64(&mut b, at, (i64::MAX as u64) & !0xffff);
+            put_u32(&mut b, at + 8, 8192);
             Ok(CaseInput::Bytes(b))
         }),
         case(DD_L1_SIZE, "dedup table of 4M + 1 entries", |i| {

@@ -115,6 +115,28 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 with_l2(b, &[COMPRESSED_FLAG | L1_COPIED | host]).map(CaseInput::Bytes)
             },
         ),
+        case(
+            CMP_DESCRIPTOR,
+            "compressed host offset with bit 56 set (4 KiB clusters)",
+            |i| {
+                let b = pick(i, "a 4 KiB-cluster v3 image", |a| {
+                    a.header.cluster_bits == 12 && a.header.version == 3
+                })?;
+                // Nothing is appended for it: the offset is far outside the file.
+                with_l2(b, &[COMPRESSED_FLAG | (1 << 56)]).map(CaseInput::Bytes)
+            },
+        ),
+        case(
+            CMP_DESCRIPTOR,
+            "compressed cluster with an external data file",
+            |i| {
+                let b = pick(i, "an image with an external data file", |a| {
+                    a.data_file().is_some()
+                })?;
+                // The stream would be in the data file, where nothing is refcounted.
+                with_l2(b, &[COMPRESSED_FLAG]).map(CaseInput::Bytes)
+            },
+        ),
         case(RC_TABLE_ENTRY, "refcount table entry 0 off by 512", |i| {
             let mut b = plain(i)?;
             let rt = header_field(&b, |a| a.header.refcount_table_offset.get())? as usize;

@@ -357,8 +357,42 @@ impl HeaderArea {
     /// [`CompressFormat::check_codec`]); pass `None` to skip CF-KNOWN/CF-LEVEL,
     /// for example when only inspecting an image.
     pub fn assess(&self, max_level: Option<MaxLevelLookup<'_>>) -> Result<Assessment> {
-        let geometry = self.header.validate()?;
-        let features = self.features()?;
+        let (assessment, errors) = self.assess_all(max_level);
+        match (errors.into_iter().next(), assessment) {
+            (Some(e), _) => Err(e),
+            (None, Some(a)) => Ok(a),
+            // assess_all returns no assessment only together with an error.
+            (None, None) => Err(FormatError::new(
+                rules::HDR_CLUSTER_BITS,
+                20,
+                ErrorKind::Malformed {
+                    field: "cluster_bits",
+                    reason: "no geometry".to_string(),
+                },
+            )),
+        }
+    }
+
+    /// Like [`HeaderArea::assess`], but goes on past a violation to report
+    /// every one it can: the errors come in the order `assess` meets them
+    /// (its error is the first). The assessment is there whenever the
+    /// geometry and the feature bits could be read, even with errors.
+    pub fn assess_all(
+        &self,
+        max_level: Option<MaxLevelLookup<'_>>,
+    ) -> (Option<Assessment>, Vec<FormatError>) {
+        let mut errors = self.header.validate_all();
+        let Ok(geometry) = self.header.geometry() else {
+            return (None, errors);
+        };
+        let features = match self.features() {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(e);
+                return (None, errors);
+            }
+        };
+
         let cs = geometry.cluster_size();
         let base = u64::from(self.header.header_length);
         let offsets = self.chain.data_offsets(base);
@@ -375,8 +409,10 @@ impl HeaderArea {
         let mut read_only = None;
         for (ext, &at) in self.chain.extensions.iter().zip(&offsets) {
             match ext {
-                Extension::Bitmaps(b) if features.bitmaps_consistent => b.validate(at, cs)?,
-                Extension::FullDiskEncryption(f) => f.validate(at, cs)?,
+                Extension::Bitmaps(b) if features.bitmaps_consistent => {
+                    errors.extend(b.validate(at, cs).err())
+                }
+                Extension::FullDiskEncryption(f) => errors.extend(f.validate(at, cs).err()),
                 Extension::CompressFormat(c) => {
                     if let Some(lookup) = max_level {
                         match c.check_codec(at, lookup) {
@@ -392,7 +428,8 @@ impl HeaderArea {
                                     ),
                                 });
                             }
-                            other => other?,
+                            Err(e) => errors.push(e),
+                            Ok(()) => {}
                         }
                     }
                     if !c.extra_data.is_empty() {
@@ -406,7 +443,9 @@ impl HeaderArea {
                         });
                     }
                 }
-                Extension::Dedup(d) => validate_dedup(d, at, geometry, features.dedup())?,
+                Extension::Dedup(d) => {
+                    errors.extend(validate_dedup(d, at, geometry, features.dedup()).err())
+                }
                 Extension::Unknown { kind, data } if Extension::kind_name(*kind) == "unknown" => {
                     notes.push(Note {
                         rule: rules::EXT_UNKNOWN,
@@ -423,7 +462,7 @@ impl HeaderArea {
         let luks = self.header.crypt_method == CryptMethod::Luks.to_raw();
         let has_fde = self.chain.find(extensions::FULL_DISK_ENCRYPTION).is_some();
         if luks != has_fde {
-            return Err(FormatError::new(
+            errors.push(FormatError::new(
                 rules::EXT_FDE,
                 32,
                 ErrorKind::Conflict(format!(
@@ -435,7 +474,7 @@ impl HeaderArea {
         }
         if features.lazy_refcounts && self.header.version < 3 {
             // Unreachable from disk (v2 has no compatible bits) but reachable from a builder.
-            return Err(FormatError::new(
+            errors.push(FormatError::new(
                 rules::FEAT_LAZY_REFCOUNTS,
                 80,
                 ErrorKind::Conflict("lazy refcounts need version 3".to_string()),
@@ -478,17 +517,18 @@ impl HeaderArea {
             });
         }
         notes.sort_by_key(|n| n.offset);
-        Ok(Assessment {
+        let assessment = Assessment {
             geometry,
             features,
             read_only,
             notes,
-        })
+        };
+        (Some(assessment), errors)
     }
 }
 
 fn validate_dedup(d: &Dedup, at: u64, geo: ClusterGeometry, in_use: bool) -> Result<()> {
-    if in_use && (d.l1_size == 0 || d.l1_offset.0 == 0) {
+    if in_use && d.l1_size == 0 {
         return Err(FormatError::new(
             rules::DD_PRESENCE,
             at,
@@ -522,5 +562,12 @@ fn validate_dedup(d: &Dedup, at: u64, geo: ClusterGeometry, in_use: bool) -> Res
             },
         ));
     }
-    Ok(())
+    crate::header_checks::end_within_limit(
+        rules::DD_L1_OFFSET,
+        at,
+        "dedup table offset",
+        off,
+        d.l1_size.into(),
+        8,
+    )
 }

@@ -206,7 +206,7 @@ fn truncated(what: &'static str, needed: u64, available: usize) -> FormatError {
     )
 }
 
-fn out_of_range(
+pub(crate) fn out_of_range(
     rule: RuleId,
     offset: u64,
     field: &'static str,
@@ -226,7 +226,7 @@ fn out_of_range(
     )
 }
 
-fn misaligned(
+pub(crate) fn misaligned(
     rule: RuleId,
     offset: u64,
     field: &'static str,
@@ -427,199 +427,5 @@ impl Header {
     /// Refcount entry width in bits.
     pub fn refcount_bits(&self) -> u64 {
         1u64 << self.refcount_order.min(6)
-    }
-
-    /// Checks every field of the fixed header on its own (no extensions, no file size).
-    pub fn validate(&self) -> Result<ClusterGeometry> {
-        let geo = self.geometry()?;
-        let cs = geo.cluster_size();
-        if u64::from(self.header_length) > cs {
-            return Err(out_of_range(
-                rules::HDR_FIRST_CLUSTER,
-                100,
-                "header_length",
-                self.header_length.into(),
-                V3_MIN_HEADER_LEN.into(),
-                cs,
-            ));
-        }
-        if CryptMethod::from_raw(self.crypt_method).is_none() {
-            return Err(out_of_range(
-                rules::HDR_CRYPT_METHOD,
-                32,
-                "crypt_method",
-                self.crypt_method.into(),
-                0,
-                2,
-            ));
-        }
-        if self.backing_file_offset != 0 {
-            if self.backing_file_size > MAX_BACKING_FILE_NAME || self.backing_file_size == 0 {
-                return Err(out_of_range(
-                    rules::HDR_BACKING_FILE,
-                    16,
-                    "backing_file_size",
-                    self.backing_file_size.into(),
-                    1,
-                    MAX_BACKING_FILE_NAME.into(),
-                ));
-            }
-            let end = self
-                .backing_file_offset
-                .saturating_add(self.backing_file_size.into());
-            if end > cs || self.backing_file_offset < u64::from(self.header_length) {
-                return Err(FormatError::new(
-                    rules::HDR_BACKING_FILE,
-                    8,
-                    ErrorKind::Malformed {
-                        field: "backing_file_offset",
-                        reason: format!(
-                            "name at {:#x}..{end:#x} is not between the header end {:#x} and the cluster end {cs:#x}",
-                            self.backing_file_offset, self.header_length
-                        ),
-                    },
-                ));
-            }
-        }
-        if self.size > i64::MAX as u64 {
-            return Err(out_of_range(
-                rules::HDR_SIZE,
-                24,
-                "size",
-                self.size,
-                0,
-                i64::MAX as u64,
-            ));
-        }
-        let extended_l2 = self.incompatible_features & crate::features::INCOMPAT_EXTENDED_L2 != 0;
-        let max_l1 = MAX_L1_BYTES / 8;
-        let needed_l1 = geo.l1_entries_for(self.size, extended_l2);
-        if needed_l1 > max_l1 {
-            return Err(FormatError::new(
-                rules::HDR_SIZE,
-                24,
-                ErrorKind::Malformed {
-                    field: "size",
-                    reason: format!(
-                        "{} bytes need {needed_l1} L1 entries, more than the limit of {max_l1}",
-                        self.size
-                    ),
-                },
-            ));
-        }
-        if u64::from(self.l1_size) > max_l1 || u64::from(self.l1_size) < needed_l1 {
-            return Err(out_of_range(
-                rules::HDR_L1_SIZE,
-                36,
-                "l1_size",
-                self.l1_size.into(),
-                needed_l1,
-                max_l1,
-            ));
-        }
-        if !geo.is_aligned(self.l1_table_offset.0)
-            || (self.l1_size > 0 && self.l1_table_offset.0 == 0)
-        {
-            return Err(misaligned(
-                rules::HDR_L1_OFFSET,
-                40,
-                "l1_table_offset",
-                self.l1_table_offset.0,
-                cs,
-            ));
-        }
-        if self.refcount_table_offset.0 == 0 || !geo.is_aligned(self.refcount_table_offset.0) {
-            return Err(misaligned(
-                rules::HDR_REFTABLE_OFFSET,
-                48,
-                "refcount_table_offset",
-                self.refcount_table_offset.0,
-                cs,
-            ));
-        }
-        let max_rt_clusters = (MAX_REFTABLE_BYTES / cs).max(1);
-        if self.refcount_table_clusters == 0
-            || u64::from(self.refcount_table_clusters) > max_rt_clusters
-        {
-            return Err(out_of_range(
-                rules::HDR_REFTABLE_CLUSTERS,
-                56,
-                "refcount_table_clusters",
-                self.refcount_table_clusters.into(),
-                1,
-                max_rt_clusters,
-            ));
-        }
-        if self.nb_snapshots > MAX_SNAPSHOTS {
-            return Err(out_of_range(
-                rules::HDR_SNAPSHOTS,
-                60,
-                "nb_snapshots",
-                self.nb_snapshots.into(),
-                0,
-                MAX_SNAPSHOTS.into(),
-            ));
-        }
-        if !geo.is_aligned(self.snapshots_offset.0)
-            || (self.nb_snapshots > 0 && self.snapshots_offset.0 == 0)
-        {
-            return Err(misaligned(
-                rules::HDR_SNAPSHOTS,
-                64,
-                "snapshots_offset",
-                self.snapshots_offset.0,
-                cs,
-            ));
-        }
-        if self.refcount_order > 6 {
-            return Err(out_of_range(
-                rules::HDR_REFCOUNT_ORDER,
-                96,
-                "refcount_order",
-                self.refcount_order.into(),
-                0,
-                6,
-            ));
-        }
-        self.validate_compression_type()?;
-        Ok(geo)
-    }
-
-    fn validate_compression_type(&self) -> Result<()> {
-        let bit_set = self.incompatible_features & crate::features::INCOMPAT_COMPRESSION_TYPE != 0;
-        let off = u64::from(COMPRESSION_TYPE_OFFSET);
-        let Some(kind) = self.compression() else {
-            return Err(out_of_range(
-                rules::HDR_COMPRESSION_TYPE,
-                off,
-                "compression_type",
-                self.compression_type.into(),
-                0,
-                1,
-            ));
-        };
-        let has_field = self.header_length > COMPRESSION_TYPE_OFFSET;
-        if bit_set && !has_field {
-            return Err(FormatError::new(
-                rules::HDR_COMPRESSION_TYPE,
-                72,
-                ErrorKind::Conflict(format!(
-                    "incompatible bit 3 (compression type) is set but header_length {} has no compression type byte",
-                    self.header_length
-                )),
-            ));
-        }
-        if bit_set != (kind != CompressionType::Zlib) {
-            return Err(FormatError::new(
-                rules::HDR_COMPRESSION_TYPE,
-                off,
-                ErrorKind::Conflict(format!(
-                    "compression type {} requires incompatible bit 3 to be {}",
-                    kind.name(),
-                    if bit_set { "clear" } else { "set" }
-                )),
-            ));
-        }
-        Ok(())
     }
 }

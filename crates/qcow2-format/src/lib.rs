@@ -21,6 +21,7 @@ pub mod error;
 pub mod extensions;
 pub mod features;
 pub mod header;
+mod header_checks;
 pub mod rules;
 pub mod tables;
 pub mod units;
