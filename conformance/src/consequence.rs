@@ -82,7 +82,9 @@ fn read_around(bytes: &[u8], rule: RuleId) -> Result<String, String> {
         // is refused whatever the rule: the runner has already seen the
         // check report the rule, which is all such an image can show.
         Err(e @ ImageError::Unsupported { .. }) => {
-            return Ok(format!("not opened by the engine ({e}); check reports {rule}"))
+            return Ok(format!(
+                "not opened by the engine ({e}); check reports {rule}"
+            ))
         }
         Err(e) => return Err(format!("refused, but the rule says check: {e}")),
     };

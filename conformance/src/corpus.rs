@@ -1,4 +1,5 @@
-//! Positive cases: the golden images on disk and the seed images built in code.
+//! Positive cases: the golden images on disk, the seed images built in code
+//! and the hand-written fixtures.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,8 @@ pub enum Origin {
     Built,
     /// Written by this workspace's own writer (`qcow2-image`).
     Writer,
+    /// Written by hand as hex from the spec and seed text (`conformance/fixtures/`).
+    Fixture,
 }
 
 /// One named image held in memory.
@@ -71,6 +74,7 @@ pub fn load() -> Result<Vec<TestImage>, String> {
     let mut images = load_golden(&golden_dir())?;
     let built = seed_images::build_all(&images)?;
     images.extend(built);
+    images.extend(crate::fixtures::images()?);
     Ok(images)
 }
 

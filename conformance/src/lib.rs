@@ -13,6 +13,7 @@ pub mod corpus;
 pub mod engine_check;
 pub mod engine_images;
 pub mod evaluate;
+pub mod fixtures;
 pub mod mutate;
 pub mod negatives;
 pub mod registry;

@@ -99,6 +99,23 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             b[at + 16..at + 24].fill(0);
             Ok(CaseInput::Bytes(b))
         }),
+        case(
+            CF_LENGTH,
+            "non-zero byte in padding the length counts",
+            |i| {
+                let CaseInput::Bytes(mut b) = with_cf(i, |c| {
+                    c.extra_data = vec![1, 2, 3];
+                    c.length_includes_padding = true;
+                })?
+                else {
+                    return Err("not bytes".into());
+                };
+                let at = ext_data_at(&b, ext::COMPRESS_FORMAT)?;
+                // 24 + 3 data bytes, then the 5 counted padding bytes.
+                b[at + 31] = 0x80;
+                Ok(CaseInput::Bytes(b))
+            },
+        ),
         case(CF_NAME, "garbage after the terminating NUL", |i| {
             poke(i, 10, b'x')
         }),

@@ -278,11 +278,18 @@ fn arbitrary_area(u: &mut Unstructured<'_>) -> arbitrary::Result<HeaderArea> {
         let ext = match u.int_in_range(0..=5)? {
             0 => Extension::BackingFormat(word(u)?),
             1 => Extension::ExternalDataFile(word(u)?),
-            2 => Extension::CompressFormat(CompressFormat {
-                name: word(u)?.chars().take(16).collect(),
-                level: u8::arbitrary(u)?,
-                extra_data: Vec::arbitrary(u)?,
-            }),
+            2 => {
+                let extra_data: Vec<u8> = Vec::arbitrary(u)?;
+                // Only a length that is not already a multiple of 8 can
+                // tell the two readings apart.
+                let padded = bool::arbitrary(u)? && extra_data.len() % 8 != 0;
+                Extension::CompressFormat(CompressFormat {
+                    name: word(u)?.chars().take(16).collect(),
+                    level: u8::arbitrary(u)?,
+                    extra_data,
+                    length_includes_padding: padded,
+                })
+            }
             3 => Extension::Dedup(Dedup {
                 l1_offset: HostOffset(u64::arbitrary(u)?),
                 l1_size: u32::arbitrary(u)?,

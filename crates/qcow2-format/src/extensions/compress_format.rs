@@ -24,6 +24,10 @@ pub struct CompressFormat {
     pub level: u8,
     /// Format-specific extra data.
     pub extra_data: Vec<u8>,
+    /// Whether the stored length also counted the zero padding to 8 bytes.
+    /// The seed text allows both readings (docs/spec.md, CF-LENGTH); writers
+    /// leave it out, and a rewrite keeps the reading it found.
+    pub length_includes_padding: bool,
 }
 
 impl CompressFormat {
@@ -34,6 +38,7 @@ impl CompressFormat {
             name: name.to_string(),
             level,
             extra_data: Vec::new(),
+            length_includes_padding: false,
         })
     }
 
@@ -76,26 +81,42 @@ impl CompressFormat {
             ));
         }
         let extra_size = u32::from_be_bytes([data[20], data[21], data[22], data[23]]);
-        let actual_extra = data.len() - FIXED_LEN;
-        if u64::from(extra_size) != actual_extra as u64 {
+        let body = FIXED_LEN as u64 + u64::from(extra_size);
+        let stored = data.len() as u64;
+        let length_includes_padding = stored != body && stored == body.next_multiple_of(8);
+        if stored != body && !length_includes_padding {
             return Err(FormatError::new(
                 rules::CF_LENGTH,
                 at + 20,
                 ErrorKind::Mismatch {
                     field: "extra_data_size",
                     value: extra_size.into(),
-                    expected: actual_extra as u64,
+                    expected: stored - FIXED_LEN as u64,
+                },
+            ));
+        }
+        // Bounded by the check above: body <= stored = data.len().
+        let body = body as usize;
+        if let Some(pos) = data[body..].iter().position(|&b| b != 0) {
+            return Err(FormatError::new(
+                rules::CF_LENGTH,
+                at + (body + pos) as u64,
+                ErrorKind::Malformed {
+                    field: "compress format padding",
+                    reason: "padding counted in the length holds a non-zero byte".to_string(),
                 },
             ));
         }
         Ok(Self {
             name: String::from_utf8_lossy(&raw_name[..name_len]).into_owned(),
             level,
-            extra_data: data[FIXED_LEN..].to_vec(),
+            extra_data: data[FIXED_LEN..body].to_vec(),
+            length_includes_padding,
         })
     }
 
-    /// Serializes the extension data (without framing or padding).
+    /// Serializes the extension data (without framing; with the padding only
+    /// when [`CompressFormat::length_includes_padding`] says the length counts it).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![0u8; FIXED_LEN];
         let name = self.name.as_bytes();
@@ -105,6 +126,9 @@ impl CompressFormat {
         let extra = u32::try_from(self.extra_data.len()).unwrap_or(u32::MAX);
         out[20..24].copy_from_slice(&extra.to_be_bytes());
         out.extend_from_slice(&self.extra_data);
+        if self.length_includes_padding {
+            out.resize(out.len().next_multiple_of(8), 0);
+        }
         out
     }
 
