@@ -22,6 +22,16 @@ pub enum Consequence {
 }
 
 impl Consequence {
+    /// The word of the Violation column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refuse => "refuse",
+            Self::ReadOnly => "read-only",
+            Self::Check => "check",
+            Self::IgnoreKeep => "ignore+keep",
+        }
+    }
+
     /// Reads a Violation cell (`refuse`, `read-only`, `check`, `ignore+keep`).
     pub fn from_cell(cell: &str) -> Option<Self> {
         match cell.trim() {

@@ -27,6 +27,55 @@ pub struct TestImage {
     pub origin: Origin,
     /// The whole file.
     pub bytes: Vec<u8>,
+    /// How it was made, precisely enough to make it again: the commands,
+    /// or the code that builds it and from what.
+    pub made_by: String,
+    /// Where it is kept, relative to the repository root (`None`: built
+    /// at run time, not stored).
+    pub path: Option<String>,
+}
+
+impl TestImage {
+    /// The SHA-256 of the whole file, in hex.
+    pub fn sha256(&self) -> String {
+        sha256_hex(&self.bytes)
+    }
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The shell form of a manifest command list (`["create", "-f", ...]`).
+fn command_line(tool: &str, args: &serde_json::Value) -> String {
+    let words: Vec<&str> = args
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w.as_str()).collect())
+        .unwrap_or_default();
+    match words.split_first() {
+        // The manifest marks qemu-io commands by their first word.
+        Some((&"qemu-io", rest)) => format!("qemu-io {}", rest.join(" ")),
+        _ => format!("{tool} {}", words.join(" ")),
+    }
+}
+
+/// Every command of a manifest entry, in the order they run.
+fn commands_of(entry: &serde_json::Value) -> String {
+    let list = |key: &str| -> Vec<String> {
+        entry[key]
+            .as_array()
+            .map(|cmds| cmds.iter().map(|c| command_line("qemu-img", c)).collect())
+            .unwrap_or_default()
+    };
+    let mut all = list("pre_qemu_img_args");
+    all.push(command_line("qemu-img", &entry["qemu_img_args"]));
+    all.extend(list("post_qemu_img_args"));
+    all.join("; ")
 }
 
 /// The directory holding `manifest.json` and the qemu-made golden images.
@@ -64,6 +113,8 @@ pub fn load_golden(dir: &Path) -> Result<Vec<TestImage>, String> {
                 name,
                 origin: Origin::Qemu,
                 bytes,
+                made_by: commands_of(entry),
+                path: Some(format!("conformance/golden/qemu/{file}")),
             })
         })
         .collect()

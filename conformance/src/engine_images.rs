@@ -379,6 +379,10 @@ pub fn build_all() -> (Vec<TestImage>, Vec<String>) {
                 name: name.to_string(),
                 origin: Origin::Writer,
                 bytes,
+                made_by: format!(
+                    "our writer (qcow2-image): {name} workload of conformance/src/engine_images.rs"
+                ),
+                path: None,
             }),
             Err(e) => errors.push(format!("writer failed on {name}: {e}")),
         }
@@ -389,6 +393,8 @@ pub fn build_all() -> (Vec<TestImage>, Vec<String>) {
                 name: cfg.name(),
                 origin: Origin::Writer,
                 bytes,
+                made_by: format!("our writer (qcow2-image): engine_images::build({cfg:?})"),
+                path: None,
             }),
             Err(e) => errors.push(format!("writer failed on {} ({cfg:?}): {e}", cfg.name())),
         }

@@ -134,6 +134,8 @@ pub fn images() -> Result<Vec<TestImage>, String> {
             name: format!("fixture-{name}"),
             origin: Origin::Fixture,
             bytes,
+            made_by: "written by hand as hex from qcow2.txt and the seed text".into(),
+            path: Some(format!("conformance/fixtures/dedup/{name}.hex")),
         })
         .collect())
 }

@@ -8,6 +8,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod case_report;
 pub mod consequence;
 pub mod corpus;
 pub mod engine_check;

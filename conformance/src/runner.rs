@@ -4,10 +4,11 @@ use std::collections::BTreeSet;
 
 use qcow2_format::HeaderArea;
 
+use crate::case_report::{findings_of, CaseKind, CaseReport, ImageRecord};
 use crate::consequence::{observe, Consequence};
 use crate::corpus::{self, TestImage};
 use crate::evaluate::{evaluate, evaluate_area, Evaluation};
-use crate::negatives::{self, CaseInput};
+use crate::negatives::{self, CaseInput, NegativeCase};
 use crate::registry;
 
 /// The result of one rule.
@@ -26,8 +27,8 @@ pub struct RuleReport {
     /// What the spec's Violation column says happens (`None`: a cell the
     /// suite cannot read, which fails the rule).
     pub consequence: Option<Consequence>,
-    /// What the engine did with each negative case, one line per case.
-    pub observed: Vec<String>,
+    /// Every case, positive and negative, in the order run.
+    pub cases: Vec<CaseReport>,
     /// What went wrong, one line per failed case.
     pub failures: Vec<String>,
 }
@@ -130,14 +131,13 @@ pub fn unparsable(images: &[TestImage]) -> Vec<String> {
 
 /// Runs every registered rule against `images` and the negative cases built from them.
 pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
-    let evaluated: Vec<(&TestImage, Option<HeaderArea>, Evaluation)> = images
+    let evaluated: Vec<Evaluated<'_>> = images
         .iter()
-        .map(|img| {
-            (
-                img,
-                HeaderArea::parse(&img.bytes).ok(),
-                evaluate(&img.bytes),
-            )
+        .map(|img| Evaluated {
+            image: img,
+            record: ImageRecord::of(img),
+            area: HeaderArea::parse(&img.bytes).ok(),
+            eval: evaluate(&img.bytes),
         })
         .collect();
     let negatives = negatives::all();
@@ -145,88 +145,150 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
     registry::all()
         .into_iter()
         .map(|entry| {
+            let consequence = violations
+                .get(entry.id.as_str())
+                .and_then(|c| Consequence::from_cell(c));
             let mut report = RuleReport {
                 id: entry.id.to_string(),
                 positive_passed: 0,
                 positive_total: 0,
                 negative_passed: 0,
                 negative_total: 0,
-                consequence: violations
-                    .get(entry.id.as_str())
-                    .and_then(|c| Consequence::from_cell(c)),
-                observed: Vec::new(),
+                consequence,
+                cases: Vec::new(),
                 failures: Vec::new(),
             };
-            if report.consequence.is_none() {
+            if consequence.is_none() {
                 report.failures.push(format!(
                     "Violation cell {:?} of docs/spec.md is none of refuse, read-only, check, \
                      ignore+keep",
                     violations.get(entry.id.as_str())
                 ));
             }
-            for (img, area, eval) in &evaluated {
-                let Some(area) = area else { continue };
-                if !(entry.applies)(&img.bytes, area) {
-                    continue;
-                }
-                report.positive_total += 1;
-                // Any rule's finding fails a positive, not only its own:
-                // a golden image must be clean.
-                let triggered = !eval.triggered().is_empty();
-                match (&eval.fatal, triggered, &eval.roundtrip) {
-                    (_, _, Ok(())) if eval.engine.error.is_some() => {
-                        report
-                            .failures
-                            .push(format!("positive {}: {}", img.name, eval.describe()))
-                    }
-                    (fatal, false, Ok(())) if fatal.is_empty() => report.positive_passed += 1,
-                    (_, _, Err(e)) => report.failures.push(format!("positive {}: {e}", img.name)),
-                    _ => {
-                        report
-                            .failures
-                            .push(format!("positive {}: {}", img.name, eval.describe()))
-                    }
+            for e in &evaluated {
+                let Some(area) = &e.area else { continue };
+                if (entry.applies)(&e.image.bytes, area) {
+                    report.add(positive(e));
                 }
             }
             for case in negatives.iter().filter(|c| c.rule == entry.id) {
-                report.negative_total += 1;
-                let built = (case.build)(images);
-                let eval = match &built {
-                    Ok(CaseInput::Bytes(b)) => evaluate(b),
-                    Ok(CaseInput::Area(a)) => evaluate_area(a),
-                    Err(e) => {
-                        report
-                            .failures
-                            .push(format!("negative {:?}: cannot build: {e}", case.name));
-                        continue;
-                    }
-                };
-                if eval.triggered() != [entry.id] {
-                    report
-                        .failures
-                        .push(format!("negative {:?}: {}", case.name, eval.describe()));
-                    continue;
-                }
-                let seen = match (&built, report.consequence) {
-                    (Ok(CaseInput::Bytes(b)), Some(c)) => observe(b, entry.id, c),
-                    // A header area no writer may produce: refused above,
-                    // there is no file to open.
-                    (Ok(CaseInput::Area(_)), Some(Consequence::Refuse)) => {
-                        Ok("refused by the header checks (a writer-side case)".into())
-                    }
-                    _ => Err("no consequence to check".into()),
-                };
-                match seen {
-                    Ok(what) => {
-                        report.negative_passed += 1;
-                        report.observed.push(format!("{}: {what}", case.name));
-                    }
-                    Err(why) => report
-                        .failures
-                        .push(format!("negative {:?}: consequence: {why}", case.name)),
-                }
+                report.add(negative(case, images, consequence));
             }
             report
         })
         .collect()
+}
+
+/// An image of the corpus with what the checks said about it.
+struct Evaluated<'a> {
+    image: &'a TestImage,
+    record: ImageRecord,
+    area: Option<HeaderArea>,
+    eval: Evaluation,
+}
+
+impl RuleReport {
+    fn add(&mut self, case: CaseReport) {
+        let (passed, total) = match case.kind {
+            CaseKind::Positive => (&mut self.positive_passed, &mut self.positive_total),
+            CaseKind::Negative => (&mut self.negative_passed, &mut self.negative_total),
+        };
+        *total += 1;
+        if case.passed {
+            *passed += 1;
+        } else {
+            let kind = match case.kind {
+                CaseKind::Positive => "positive",
+                CaseKind::Negative => "negative",
+            };
+            self.failures
+                .push(format!("{kind} {:?}: {}", case.name, case.observed));
+        }
+        self.cases.push(case);
+    }
+}
+
+/// A positive: clean for every rule (any rule's finding fails it, not only
+/// its own: a golden image must be clean), and its header area
+/// re-serializes to the same bytes.
+fn positive(e: &Evaluated<'_>) -> CaseReport {
+    let eval = &e.eval;
+    let findings = findings_of(eval);
+    let (passed, observed) = match &eval.roundtrip {
+        Err(why) => (false, why.clone()),
+        Ok(()) if findings.is_empty() => (true, "accepted, nothing reported".to_string()),
+        Ok(()) => (false, eval.describe()),
+    };
+    CaseReport {
+        kind: CaseKind::Positive,
+        name: e.image.name.clone(),
+        image: e.record.clone(),
+        expected: "accepted, no finding of any rule".into(),
+        findings,
+        observed,
+        passed,
+    }
+}
+
+/// A negative: it breaks exactly its rule (every finding is of that rule),
+/// and the engine does what the spec's Violation column says.
+fn negative(
+    case: &NegativeCase,
+    images: &[TestImage],
+    consequence: Option<Consequence>,
+) -> CaseReport {
+    let built = (case.build)(images);
+    let bytes = match &built {
+        Ok(CaseInput::Bytes(b)) => Some(b.clone()),
+        Ok(CaseInput::Area(a)) => a.as_ref().clone().to_bytes().ok(),
+        Err(_) => None,
+    };
+    let how = match &built {
+        Ok(CaseInput::Area(_)) => {
+            "header area built in code, as a writer would be asked to write it"
+        }
+        _ => "mutation of an image of the corpus",
+    };
+    let mut report = CaseReport {
+        kind: CaseKind::Negative,
+        name: case.name.to_string(),
+        image: ImageRecord::built(bytes.as_deref(), format!("{how} ({})", case.source)),
+        expected: match consequence {
+            Some(c) => format!("only {} reported; consequence {}", case.rule, c.as_str()),
+            None => format!("only {} reported", case.rule),
+        },
+        findings: Vec::new(),
+        observed: String::new(),
+        passed: false,
+    };
+    let eval = match &built {
+        Ok(CaseInput::Bytes(b)) => evaluate(b),
+        Ok(CaseInput::Area(a)) => evaluate_area(a),
+        Err(e) => {
+            report.observed = format!("cannot build: {e}");
+            return report;
+        }
+    };
+    report.findings = findings_of(&eval);
+    if eval.triggered() != [case.rule] {
+        report.observed = eval.describe();
+        return report;
+    }
+    let seen = match (&built, consequence) {
+        (Ok(CaseInput::Bytes(b)), Some(c)) => observe(b, case.rule, c),
+        // A header area no writer may produce: refused above, there is
+        // no file to open.
+        (Ok(CaseInput::Area(_)), Some(Consequence::Refuse)) => {
+            Ok("refused by the header checks (a writer-side case)".into())
+        }
+        _ => Err("no consequence to check".into()),
+    };
+    match seen {
+        Ok(what) => {
+            report.passed = true;
+            report.observed = what;
+        }
+        Err(why) => report.observed = format!("consequence: {why}"),
+    }
+    report
 }

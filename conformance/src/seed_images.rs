@@ -230,6 +230,12 @@ pub fn build_all(golden: &[TestImage]) -> Result<Vec<TestImage>, String> {
             name: compress_format_image_name(name, level),
             origin: Origin::Built,
             bytes: with_compress_format(&base.bytes, name, level)?,
+            made_by: format!(
+                "seed_images::with_compress_format({:?}, {name:?}, {level}): golden {} with \
+                 the compress format extension and bit 2",
+                base.name, base.name
+            ),
+            path: None,
         });
     }
     let data_base = plain_data_base(golden)?;
@@ -237,17 +243,32 @@ pub fn build_all(golden: &[TestImage]) -> Result<Vec<TestImage>, String> {
         name: "seed-dedup".into(),
         origin: Origin::Built,
         bytes: with_dedup(&data_base.bytes, true)?,
+        made_by: format!(
+            "seed_images::with_dedup: golden {} with a dedup table of its data clusters and bit 1",
+            data_base.name
+        ),
+        path: None,
     });
     out.push(TestImage {
         name: "built-snapshot".into(),
         origin: Origin::Built,
         bytes: with_snapshot(&base.bytes)?,
+        made_by: format!(
+            "seed_images::with_snapshot: golden {} with one v3 snapshot of its active L1",
+            base.name
+        ),
+        path: None,
     });
     let cf = with_compress_format(&data_base.bytes, "zstd", 3)?;
     out.push(TestImage {
         name: "seed-dedup-cf-zstd-3".into(),
         origin: Origin::Built,
         bytes: with_dedup(&cf, true)?,
+        made_by: format!(
+            "seed_images::with_compress_format(zstd, 3) then with_dedup: golden {}",
+            data_base.name
+        ),
+        path: None,
     });
     Ok(out)
 }

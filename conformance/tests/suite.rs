@@ -26,6 +26,61 @@ fn every_rule_is_proven() {
         "only {} rules",
         report.rules.len()
     );
+    every_case_is_auditable(&report);
+}
+
+/// Each case names its bytes by SHA-256 and says how they were made; the
+/// stored goldens hash to what the report says.
+fn every_case_is_auditable(report: &qcow2_conformance::SuiteReport) {
+    use qcow2_conformance::case_report::CaseKind;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stored = 0;
+    for rule in &report.rules {
+        let count = |kind| rule.cases.iter().filter(|c| c.kind == kind).count();
+        assert_eq!(
+            count(CaseKind::Positive),
+            rule.positive_total,
+            "{}",
+            rule.id
+        );
+        assert_eq!(
+            count(CaseKind::Negative),
+            rule.negative_total,
+            "{}",
+            rule.id
+        );
+        for case in &rule.cases {
+            let what = format!("{} {:?}", rule.id, case.name);
+            assert!(case.passed, "{what}: {}", case.observed);
+            assert!(!case.image.made_by.is_empty(), "{what}: no provenance");
+            assert!(
+                !case.expected.is_empty() && !case.observed.is_empty(),
+                "{what}"
+            );
+            let sha = case
+                .image
+                .sha256
+                .as_deref()
+                .unwrap_or_else(|| panic!("{what}: no SHA-256"));
+            assert_eq!(sha.len(), 64, "{what}");
+            if case.kind == CaseKind::Positive {
+                assert!(case.findings.is_empty(), "{what}: {:?}", case.findings);
+            } else {
+                assert!(
+                    case.findings.iter().all(|f| f.contains(rule.id.as_str())),
+                    "{what}: a finding of another rule: {:?}",
+                    case.findings
+                );
+                assert!(!case.findings.is_empty(), "{what}: nothing found");
+            }
+            if let Some(path) = case.image.path.as_deref().filter(|p| !p.ends_with(".hex")) {
+                let bytes = std::fs::read(root.join(path)).unwrap();
+                assert_eq!(qcow2_conformance::corpus::sha256_hex(&bytes), sha, "{what}");
+                stored += 1;
+            }
+        }
+    }
+    assert!(stored > 0, "no case names a stored golden");
 }
 
 #[test]
@@ -67,6 +122,8 @@ fn a_positive_fails_on_another_rules_finding_and_an_unparsable_golden_is_an_erro
         name: "rc-mismatch-posing-as-positive".into(),
         origin: Origin::Writer,
         bytes,
+        made_by: "the RC-MATCH negative".into(),
+        path: None,
     });
     let reports = qcow2_conformance::runner::run_on(&images);
     // RC-TABLE-ENTRY holds on that image, but the image has a finding of
@@ -88,6 +145,8 @@ fn a_positive_fails_on_another_rules_finding_and_an_unparsable_golden_is_an_erro
         name: "garbage".into(),
         origin: Origin::Qemu,
         bytes: b"not an image".to_vec(),
+        made_by: "a literal".into(),
+        path: None,
     });
     let errors = qcow2_conformance::runner::unparsable(&images);
     assert_eq!(errors.len(), 1, "{errors:?}");

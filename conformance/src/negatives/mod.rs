@@ -33,17 +33,27 @@ pub struct NegativeCase {
     pub name: &'static str,
     /// Builds the mutated input.
     pub build: Builder,
+    /// The file that defines it, relative to the repository root.
+    pub source: &'static str,
 }
 
 /// Every negative case of the suite.
 pub fn all() -> Vec<NegativeCase> {
-    let mut cases = header::cases();
-    cases.extend(extensions::cases());
-    cases.extend(seeds::cases());
-    cases.extend(tables::cases());
-    cases.extend(engine::cases());
-    cases.extend(dedup::cases());
-    cases
+    let modules: [(&'static str, Vec<NegativeCase>); 6] = [
+        ("conformance/src/negatives/header.rs", header::cases()),
+        (
+            "conformance/src/negatives/extensions.rs",
+            extensions::cases(),
+        ),
+        ("conformance/src/negatives/seeds.rs", seeds::cases()),
+        ("conformance/src/negatives/tables.rs", tables::cases()),
+        ("conformance/src/negatives/engine.rs", engine::cases()),
+        ("conformance/src/negatives/dedup.rs", dedup::cases()),
+    ];
+    modules
+        .into_iter()
+        .flat_map(|(source, cases)| cases.into_iter().map(move |c| NegativeCase { source, ..c }))
+        .collect()
 }
 
 /// The first golden image whose header area satisfies `pred`.
@@ -72,5 +82,10 @@ pub(crate) fn named(images: &[TestImage], name: &str) -> Result<Vec<u8>, String>
 
 /// Shorthand for a case.
 pub(crate) const fn case(rule: RuleId, name: &'static str, build: Builder) -> NegativeCase {
-    NegativeCase { rule, name, build }
+    NegativeCase {
+        rule,
+        name,
+        build,
+        source: "",
+    }
 }
