@@ -94,8 +94,11 @@ pub fn load_golden(dir: &Path) -> Result<Vec<TestImage>, String> {
             manifest_path.display()
         )
     })?;
-    let entries: Vec<serde_json::Value> =
+    let manifest: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    let entries = manifest["images"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no \"images\" list", manifest_path.display()))?;
     entries
         .iter()
         .map(|entry| {
@@ -106,18 +109,41 @@ pub fn load_golden(dir: &Path) -> Result<Vec<TestImage>, String> {
                 )
             })?;
             let name = entry["name"].as_str().unwrap_or(file).to_string();
-            let path = dir.join(file);
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes = read_stored(dir, file, entry["sha256"].as_str())?;
             Ok(TestImage {
                 name,
                 origin: Origin::Qemu,
                 bytes,
                 made_by: commands_of(entry),
-                path: Some(format!("conformance/golden/qemu/{file}")),
+                path: Some(format!("conformance/golden/qemu/{file}.hex")),
             })
         })
         .collect()
+}
+
+/// The bytes of the golden `file`, from its sparse hex form in `dir`,
+/// checked against the SHA-256 the manifest records.
+fn read_stored(dir: &Path, file: &str, sha256: Option<&str>) -> Result<Vec<u8>, String> {
+    let path = dir.join(format!("{file}.hex"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::sparse_hex::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    match sha256 {
+        Some(want) if sha256_hex(&bytes) == want => Ok(bytes),
+        Some(want) => Err(format!(
+            "{} does not hash to the manifest's SHA-256 {want}",
+            path.display()
+        )),
+        None => Err(format!("the manifest records no SHA-256 for {file}")),
+    }
+}
+
+/// Writes the qemu goldens (images and the files they name) out in full
+/// under `dst`, with the manifest, and returns `dst`: for tools that need
+/// real files, such as `qemu-img` and the `qcow2` CLI.
+pub fn materialize_golden(dst: &Path) -> Result<PathBuf, String> {
+    crate::sparse_hex::materialize(&golden_dir(), dst)?;
+    Ok(dst.to_path_buf())
 }
 
 /// The whole positive corpus: golden images plus seed images derived from them.

@@ -6,8 +6,9 @@
 //! The compress format images (the seed extension, every codec at default
 //! and explicit levels) and the deduplicated images (guest writes that
 //! share, overwrite and discard clusters; a compressed convert) are also
-//! kept in `conformance/golden/writer/`; `cargo xtask golden` rewrites them
-//! and a test checks they are current.
+//! pinned in `conformance/golden/writer/`: their structure, not their bytes
+//! (see [`crate::writer_structure`]); `cargo xtask golden --writer` rewrites
+//! the pins and a test checks they are current.
 //!
 //! Every rule that applies to them must hold; an image here that breaks a
 //! rule is a writer bug, and the suite reports it with the image's name,
@@ -159,30 +160,43 @@ pub fn golden_images() -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(out)
 }
 
-/// Writes the writer's golden images into `dir` (replacing the `.qcow2`
-/// files there); returns how many.
+/// Writes the pinned structure of each writer golden image into `dir` as
+/// `NAME.json` (see [`crate::writer_structure`]), replacing what was there;
+/// returns how many.
 pub fn write_golden(dir: &Path) -> Result<usize, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
         let path = entry.map_err(|e| e.to_string())?.path();
-        if path.extension().is_some_and(|e| e == "qcow2") {
+        if path
+            .extension()
+            .is_some_and(|e| e == "qcow2" || e == "json")
+        {
             std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     let images = golden_images()?;
     for (file, bytes) in &images {
-        let path = dir.join(file);
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let path = dir.join(structure_file(file));
+        let text = crate::writer_structure::structure(bytes).map_err(|e| format!("{file}: {e}"))?;
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(images.len())
 }
 
-/// Names of the files in `dir` that differ from what the writer makes now,
-/// or are missing.
+/// `NAME.json` for the image file `NAME.qcow2`.
+fn structure_file(image_file: &str) -> String {
+    format!("{}.json", image_file.trim_end_matches(".qcow2"))
+}
+
+/// Names of the images whose structure differs from the one pinned in
+/// `dir`, or whose pin is missing.
 pub fn stale_golden(dir: &Path) -> Result<Vec<String>, String> {
     let mut stale = Vec::new();
-    for (file, current) in golden_images()? {
-        if std::fs::read(dir.join(&file)).ok().as_deref() != Some(&current[..]) {
+    for (file, bytes) in golden_images()? {
+        let current =
+            crate::writer_structure::structure(&bytes).map_err(|e| format!("{file}: {e}"))?;
+        let pinned = std::fs::read_to_string(dir.join(structure_file(&file))).ok();
+        if pinned.as_deref() != Some(current.as_str()) {
             stale.push(file);
         }
     }

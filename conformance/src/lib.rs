@@ -20,7 +20,9 @@ pub mod negatives;
 pub mod registry;
 pub mod runner;
 pub mod seed_images;
+pub mod sparse_hex;
 pub mod spec_doc;
 pub mod walk;
+pub mod writer_structure;
 
 pub use runner::{run, RuleReport, SuiteReport};

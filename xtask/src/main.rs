@@ -11,6 +11,7 @@ mod bench_engine;
 mod conformance;
 mod fuzz;
 mod golden;
+mod golden_store;
 
 use std::process::ExitCode;
 

@@ -13,12 +13,23 @@ use qcow2_format::tables::{RefcountBlock, RefcountOrder};
 use qcow2_format::Header;
 use qcow2_io::FileStorage;
 
-/// The golden directory of qemu-made images.
+// The conformance crate depends on this one, so its writer of the stored
+// goldens is included as a file (it uses std only).
+#[path = "../../../../conformance/src/sparse_hex.rs"]
+mod sparse_hex;
+
+/// The qemu-made golden images written out in full (they are stored as
+/// sparse hex); written once per test process.
 pub fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../conformance/golden/qemu")
-        .canonicalize()
-        .expect("conformance/golden/qemu exists")
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/golden/qemu");
+        let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden-qemu");
+        sparse_hex::materialize(&src, &dst)
+            .unwrap_or_else(|e| panic!("writing the golden images out: {e}"));
+        dst
+    })
+    .clone()
 }
 
 /// File names of every image of `manifest.json` (read without a JSON

@@ -20,22 +20,24 @@ pub struct GoldenImage {
     pub virtual_size: u64,
 }
 
-/// The golden directory, absolute.
+/// The qemu goldens written out in full (they are stored as sparse hex),
+/// absolute; written once per test process.
 pub fn golden_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/golden/qemu");
-    dir.canonicalize().unwrap_or_else(|e| {
-        panic!(
-            "golden directory {}: {e} (run `cargo xtask golden`)",
-            dir.display()
-        )
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden-qemu");
+        qcow2_conformance::corpus::materialize_golden(&dst)
+            .unwrap_or_else(|e| panic!("writing the golden images out: {e}"))
     })
+    .clone()
 }
 
 /// Every image of the manifest.
 pub fn manifest() -> Vec<GoldenImage> {
     let path = golden_dir().join("manifest.json");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let entries: Vec<Value> = serde_json::from_str(&text).expect("manifest.json is a JSON array");
+    let manifest: Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    let entries = manifest["images"].as_array().expect("an \"images\" list");
     let images: Vec<GoldenImage> = entries
         .iter()
         .map(|e| GoldenImage {
