@@ -179,6 +179,13 @@ pub fn all() -> Vec<RuleEntry> {
         (RC_MATCH, clean),
         (RC_OVERLAP, clean),
         (SNAP_ENTRY, has_snapshots),
+        (BMP_DIRECTORY, has_bitmaps),
+        (BMP_NAME, has_bitmaps),
+        (BMP_FLAGS, has_bitmaps),
+        (BMP_TYPE, has_bitmaps),
+        (BMP_GRANULARITY, has_bitmaps),
+        (BMP_TABLE, has_bitmaps),
+        (BMP_TABLE_ENTRY, has_bitmaps),
     ];
     table
         .iter()

@@ -128,6 +128,15 @@ pub(crate) fn catalogue() -> Vec<Golden> {
         "bitmaps.qcow2",
         "b1",
     ]));
+    // A write while b0 is enabled gives it a data cluster; b1 stays empty.
+    bm.post.push(strings(&[
+        QEMU_IO,
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 0x11 0 64k",
+        "bitmaps.qcow2",
+    ]));
     all.push(bm);
     all.extend([
         create("prealloc-metadata", "preallocation=metadata", Some("1M")),

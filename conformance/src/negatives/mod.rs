@@ -1,5 +1,6 @@
 //! Negative cases: each takes an image of the corpus and breaks exactly one rule.
 
+mod bitmaps;
 mod dedup;
 mod engine;
 mod extensions;
@@ -39,7 +40,7 @@ pub struct NegativeCase {
 
 /// Every negative case of the suite.
 pub fn all() -> Vec<NegativeCase> {
-    let modules: [(&'static str, Vec<NegativeCase>); 6] = [
+    let modules: [(&'static str, Vec<NegativeCase>); 7] = [
         ("conformance/src/negatives/header.rs", header::cases()),
         (
             "conformance/src/negatives/extensions.rs",
@@ -49,6 +50,7 @@ pub fn all() -> Vec<NegativeCase> {
         ("conformance/src/negatives/tables.rs", tables::cases()),
         ("conformance/src/negatives/engine.rs", engine::cases()),
         ("conformance/src/negatives/dedup.rs", dedup::cases()),
+        ("conformance/src/negatives/bitmaps.rs", bitmaps::cases()),
     ];
     modules
         .into_iter()

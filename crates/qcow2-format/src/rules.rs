@@ -162,4 +162,18 @@ rules! {
     RC_OVERLAP = "RC-OVERLAP";
     /// Snapshot table entries: bounded lengths, aligned L1, v3 extra data of at least 16 bytes.
     SNAP_ENTRY = "SNAP-ENTRY";
+    /// The bitmap directory: framed entries, zero padding, exactly its stated size.
+    BMP_DIRECTORY = "BMP-DIRECTORY";
+    /// Bitmap names are 1..=1023 bytes and unique.
+    BMP_NAME = "BMP-NAME";
+    /// Bitmap flag bits 3-31 are zero.
+    BMP_FLAGS = "BMP-FLAGS";
+    /// A bitmap's type is 1 (dirty tracking).
+    BMP_TYPE = "BMP-TYPE";
+    /// A bitmap's granularity_bits is 9..=31.
+    BMP_GRANULARITY = "BMP-GRANULARITY";
+    /// A bitmap table is aligned, non-zero and as long as the disk needs.
+    BMP_TABLE = "BMP-TABLE";
+    /// Bitmap table entries: reserved bits zero, aligned data cluster, bit 0 only without one.
+    BMP_TABLE_ENTRY = "BMP-TABLE-ENTRY";
 }

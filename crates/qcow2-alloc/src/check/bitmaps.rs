@@ -2,21 +2,15 @@
 //! cluster they reference are refcounted metadata.
 
 use qcow2_format::rules;
+use qcow2_format::tables::bitmap_directory::{
+    check_entries, decode_table_entry, parse_directory_partial, TABLE_ENTRY_OFFSET,
+};
 
 use super::error::CheckResult;
-use super::image::{be16, be32, be64, Image};
+use super::image::Image;
 use super::refmap::role;
 use super::refs::{Counter, Ref};
 use super::tables::for_each_entry;
-
-/// Fixed part of a bitmap directory entry.
-const ENTRY_FIXED: usize = 24;
-/// Bits of a bitmap table entry that must be zero.
-const TABLE_RESERVED: u64 = 0xff00_0000_0000_01fe;
-/// Bits of a bitmap table entry holding the data cluster offset.
-const TABLE_OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
-/// Bit 0: with offset 0, the whole range reads as ones.
-const ALL_ONES: u64 = 1;
 
 const fn bitmap_ref(what: &'static str) -> Ref {
     Ref {
@@ -26,7 +20,8 @@ const fn bitmap_ref(what: &'static str) -> Ref {
     }
 }
 
-/// Counts the bitmap directory, the bitmap tables and their data clusters.
+/// Counts the bitmap directory, the bitmap tables and their data clusters,
+/// and reports every BMP-* rule they break.
 pub(crate) fn count(img: &Image<'_>, counter: &mut Counter<'_>) -> CheckResult<()> {
     let Some((dir, size, nb)) = img.bitmaps else {
         return Ok(());
@@ -34,72 +29,80 @@ pub(crate) fn count(img: &Image<'_>, counter: &mut Counter<'_>) -> CheckResult<(
     if nb == 0 {
         return Ok(());
     }
-    counter.add(None, dir, size, bitmap_ref("bitmap directory"), 1);
-    let buf = img.read_in_file(dir, size, "reading the bitmap directory")?;
-    let mut tables = Vec::new();
-    let mut pos = 0usize;
-    for k in 0..nb {
-        let at = dir + pos as u64;
-        let name_len = usize::from(be16(&buf, pos + 18));
-        let extra = be32(&buf, pos + 20) as usize;
-        let end = (pos + ENTRY_FIXED + extra + name_len).next_multiple_of(8);
-        if end > buf.len() {
-            counter.report.corruption(
-                Some(at),
-                rules::EXT_BITMAPS,
-                format!("bitmap directory entry {k} runs past the directory ({size} bytes)"),
-            );
-            return Ok(());
-        }
-        tables.push((at, be64(&buf, pos), be32(&buf, pos + 8)));
-        pos = end;
+    // Only the part inside the file can be read and counted.
+    let in_file = img.file_len.saturating_sub(dir).min(size);
+    if in_file < size {
+        counter.report.corruption(
+            Some(dir),
+            rules::BMP_DIRECTORY,
+            format!(
+                "the bitmap directory ({size} bytes at {dir:#x}) runs past the end of the file ({:#x})",
+                img.file_len
+            ),
+        );
+    }
+    counter.add(None, dir, in_file, bitmap_ref("bitmap directory"), 1);
+    let buf = img.read_in_file(dir, in_file, "reading the bitmap directory")?;
+    let (entries, error) = parse_directory_partial(&buf, dir, nb);
+    if let Some(e) = error {
+        // The tables of the entries framed before it are still counted.
+        counter
+            .report
+            .corruption(Some(e.offset), e.rule, e.kind.to_string());
+    }
+    for e in check_entries(&entries, img.geo, img.area.header.size) {
+        counter
+            .report
+            .corruption(Some(e.offset), e.rule, e.kind.to_string());
     }
     let cs = img.cluster_size();
-    for (at, offset, entries) in tables {
-        if !img.geo.is_aligned(offset) {
-            counter.report.corruption(
-                Some(at),
-                rules::EXT_BITMAPS,
-                format!("bitmap table offset {offset:#x} is not cluster aligned"),
-            );
+    for entry in &entries {
+        let offset = entry.table_offset.get();
+        if offset == 0 || !img.geo.is_aligned(offset) {
+            // Reported above (BMP-TABLE); a table there cannot be trusted.
             continue;
         }
+        let entries = u64::from(entry.table_size);
         counter.add(
-            Some(at),
+            Some(entry.at),
             offset,
-            u64::from(entries) * 8,
+            entries * 8,
             bitmap_ref("bitmap table"),
             1,
         );
-        for_each_entry(
-            img,
-            offset,
-            entries.into(),
-            "reading a bitmap table",
-            |i, raw| {
-                let data = raw & TABLE_OFFSET;
-                let entry_at = offset + i * 8;
-                if raw & TABLE_RESERVED != 0
-                    || (data != 0 && raw & ALL_ONES != 0)
-                    || !img.geo.is_aligned(data)
-                {
-                    counter.report.corruption(
-                        Some(entry_at),
-                        rules::EXT_BITMAPS,
-                        format!("bitmap table entry {raw:#x} is invalid"),
-                    );
-                } else if data != 0 {
+        for_each_entry(img, offset, entries, "reading a bitmap table", |i, raw| {
+            let entry_at = offset + i * 8;
+            match decode_table_entry(raw, entry_at, img.geo) {
+                Ok(Some(data)) => {
                     counter.add(
                         Some(entry_at),
-                        data,
+                        data.get(),
                         cs,
                         bitmap_ref("bitmap data cluster"),
                         1,
                     );
                 }
-                Ok(())
-            },
-        )?;
+                Ok(None) => {}
+                Err(e) => {
+                    counter
+                        .report
+                        .corruption(Some(entry_at), e.rule, e.kind.to_string());
+                    // An aligned cluster is still where the entry points:
+                    // count it, so one bad bit does not also read as a leak.
+                    let data = raw & TABLE_ENTRY_OFFSET;
+                    if data != 0 && img.geo.is_aligned(data) {
+                        counter.add(
+                            Some(entry_at),
+                            data,
+                            cs,
+                            bitmap_ref("bitmap data cluster"),
+                            1,
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Layouts of the tables an image points at: L1/L2, compressed descriptors,
-//! refcount structures, snapshots and the dedup table.
+//! refcount structures, snapshots, the dedup table and the bitmap directory.
 //!
 //! # Error offsets
 //!
@@ -20,6 +20,7 @@
 //! normalised to zero on rewrite: snapshot padding (see [`snapshot`]) and the
 //! meaningless bit 0 of extended L2 descriptors (see [`l2_extended`]).
 
+pub mod bitmap_directory;
 pub mod compressed;
 pub mod dedup_table;
 pub mod l1;
