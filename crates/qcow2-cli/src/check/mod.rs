@@ -1,5 +1,6 @@
 //! `qcow2 check`: refcount check and repair with `qemu-img check`'s output and exit codes.
 
+mod compressed;
 mod human;
 mod json;
 
@@ -166,6 +167,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(1));
         }
     };
+    compressed::decode_pass(&storage, &mut report);
     let bytes = match args.output {
         OutputFormat::Human => human::render(&report, repaired.as_ref()).into_bytes(),
         OutputFormat::Json => json::render(&report, &filename, dedup.as_ref())
