@@ -19,6 +19,9 @@ pub enum Consequence {
     Check,
     /// Opens for writing; what the rule covers survives a rewrite.
     IgnoreKeep,
+    /// As [`Consequence::Check`], and `check -r all` (refcount repair, then
+    /// a dedup table rebuild) leaves an image with no finding of any rule.
+    Repair,
 }
 
 impl Consequence {
@@ -29,6 +32,7 @@ impl Consequence {
             Self::ReadOnly => "read-only",
             Self::Check => "check",
             Self::IgnoreKeep => "ignore+keep",
+            Self::Repair => "repair",
         }
     }
 
@@ -39,6 +43,7 @@ impl Consequence {
             "read-only" => Some(Self::ReadOnly),
             "check" => Some(Self::Check),
             "ignore+keep" => Some(Self::IgnoreKeep),
+            "repair" => Some(Self::Repair),
             _ => None,
         }
     }
@@ -75,6 +80,15 @@ pub fn observe(bytes: &[u8], rule: RuleId, expected: Consequence) -> Result<Stri
             }
         }
         Consequence::Check => read_around(bytes, rule),
+        Consequence::Repair => {
+            let read = read_around(bytes, rule)?;
+            let repaired = repair_all(bytes)?;
+            let left = crate::evaluate::evaluate(&repaired);
+            match left.triggered().as_slice() {
+                [] => Ok(format!("{read}; check -r all leaves it clean")),
+                _ => Err(format!("after check -r all: {}", left.describe())),
+            }
+        }
         Consequence::IgnoreKeep => keep_across_rewrite(bytes),
     }
 }
@@ -172,4 +186,19 @@ pub fn compare_kept(before: &[u8], after: &[u8], grown: u64) -> Result<String, S
             "header area changed at byte {at:#x} across a resize"
         )),
     }
+}
+
+/// What `qcow2 check -r all` does to `bytes`: repair every refcount and
+/// COPIED problem, then rebuild the dedup table of a deduplicated image.
+pub fn repair_all(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let storage = Arc::new(MemoryStorage::from_bytes(bytes.to_vec()));
+    let hook = qcow2_image::DedupTableReferences;
+    let done =
+        qcow2_alloc::repair::repair(&*storage, qcow2_alloc::repair::RepairMode::All, &[&hook])
+            .map_err(|e| format!("check -r all failed: {e}"))?;
+    if !done.final_report().is_clean() {
+        return Err("check -r all left findings".into());
+    }
+    qcow2_image::rebuild_dedup(storage.clone()).map_err(|e| format!("dedup rebuild: {e}"))?;
+    Ok(storage.to_vec())
 }
