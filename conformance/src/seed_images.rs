@@ -259,6 +259,17 @@ pub fn build_all(golden: &[TestImage]) -> Result<Vec<TestImage>, String> {
         ),
         path: None,
     });
+    out.push(TestImage {
+        name: "built-snapshot-data".into(),
+        origin: Origin::Built,
+        bytes: with_snapshot(&data_base.bytes)?,
+        made_by: format!(
+            "seed_images::with_snapshot: golden {} (with data clusters and an L2 table) \
+             with one v3 snapshot sharing them",
+            data_base.name
+        ),
+        path: None,
+    });
     let cf = with_compress_format(&data_base.bytes, "zstd", 3)?;
     out.push(TestImage {
         name: "seed-dedup-cf-zstd-3".into(),

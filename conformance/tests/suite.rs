@@ -178,3 +178,29 @@ fn a_consequence_that_does_not_happen_fails() {
     let seen = observe(&auto, rules::FEAT_UNKNOWN_COMPAT, Consequence::IgnoreKeep).expect("kept");
     assert!(seen.contains("autoclear bits cleared"), "{seen}");
 }
+
+#[test]
+fn qemu_img_reads_the_built_snapshot_as_a_clean_image_with_one_snapshot() {
+    let images = qcow2_conformance::corpus::load().expect("corpus");
+    let image = qcow2_conformance::corpus::find(&images, "built-snapshot-data").unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("built-snapshot");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("snapshot.qcow2");
+    std::fs::write(&file, &image.bytes).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .arg(&file)
+            .output()
+            .expect("qemu-img (install qemu-utils)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run(&["check", "-f", "qcow2"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(&["snapshot", "-l"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("golden"), "{text}");
+}
