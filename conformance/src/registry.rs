@@ -186,6 +186,7 @@ pub fn all() -> Vec<RuleEntry> {
         (BMP_GRANULARITY, has_bitmaps),
         (BMP_TABLE, has_bitmaps),
         (BMP_TABLE_ENTRY, has_bitmaps),
+        (BMP_BIT_NO_EXT, v3),
     ];
     table
         .iter()

@@ -202,6 +202,16 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 Ok(())
             })
         }),
+        case(
+            BMP_BIT_NO_EXT,
+            "autoclear bit 0 without a bitmaps extension",
+            |i| {
+                crate::mutate::edit_area(&super::plain(i)?, |a| {
+                    a.header.autoclear_features |= qcow2_format::features::AUTOCLEAR_BITMAPS
+                })
+                .map(CaseInput::Bytes)
+            },
+        ),
         case(BMP_TABLE_ENTRY, "bit 0 set with a data cluster", |i| {
             edit_data_entry(i, |b, at, raw| {
                 put_u64(b, at, raw | 1);

@@ -506,6 +506,16 @@ impl HeaderArea {
                     .to_string(),
             });
         }
+        let bitmaps_bit = self.header.autoclear_features & crate::features::AUTOCLEAR_BITMAPS != 0;
+        if bitmaps_bit && self.chain.find(extensions::BITMAPS).is_none() {
+            notes.push(Note {
+                rule: rules::BMP_BIT_NO_EXT,
+                offset: 88,
+                message: "autoclear bit 0 (bitmaps) is set without a bitmaps extension: ignored, \
+                          and cleared on the first write"
+                    .to_string(),
+            });
+        }
         if features.unknown_compatible != 0 || features.unknown_autoclear != 0 {
             notes.push(Note {
                 rule: rules::FEAT_UNKNOWN_COMPAT,

@@ -176,4 +176,6 @@ rules! {
     BMP_TABLE = "BMP-TABLE";
     /// Bitmap table entries: reserved bits zero, aligned data cluster, bit 0 only without one.
     BMP_TABLE_ENTRY = "BMP-TABLE-ENTRY";
+    /// Autoclear bit 0 without a bitmaps extension is ignored and cleared on write.
+    BMP_BIT_NO_EXT = "BMP-BIT-NO-EXT";
 }

@@ -141,7 +141,10 @@ impl Image {
                 }
                 return Self::open_inner(storage, options, depth, true);
             }
-            if features.bitmaps_consistent {
+            // Bit 0 without the extension names no bitmaps (BMP-BIT-NO-EXT):
+            // it is cleared on the first write like any autoclear bit.
+            let has_bitmaps = area.chain.find(qcow2_format::extensions::BITMAPS).is_some();
+            if features.bitmaps_consistent && has_bitmaps {
                 // Writing without updating them would leave bitmaps that
                 // claim to be consistent but miss our writes; clearing the
                 // bit instead makes QEMU treat their clusters as leaks.
