@@ -228,3 +228,36 @@ fn injected_faults_are_counted_like_qemu_img() {
     );
     faulty("reftable-beyond.qcow2", |p| poke_u64(p, 48, 1 << 32));
 }
+
+/// iotest 138: with 512-byte clusters, a data cluster at 32 PiB (2^55) is a
+/// cluster index that is a multiple of 2^32. The check counts it in 64 bits,
+/// reports it as past the end of the file with the numbers qemu-img has, and
+/// the engine reads it as zeros, as qemu-io does (the file has no bytes
+/// there), instead of reading some other cluster.
+#[test]
+fn data_cluster_at_32_pib_with_512_byte_clusters() {
+    let dir = scratch();
+    let path = make_image(
+        dir.path(),
+        "i138.qcow2",
+        "cluster_size=512",
+        "1M",
+        &["write 0 512"],
+    );
+    poke_u64(&path, first_l2(&path), (1 << 63) | (1 << 55));
+    let ours = assert_same_as_qemu(dir.path(), "i138.qcow2");
+    assert!(
+        ours.findings
+            .iter()
+            .any(|f| f.rule == Some(rules::L2_ENTRY)
+                && f.message.contains("past the end of the file")),
+        "{:#?}",
+        ours.findings
+    );
+    let storage = std::sync::Arc::new(qcow2_io::FileStorage::open(&path, false).unwrap());
+    let image = qcow2_image::Image::open(storage, qcow2_image::OpenOptions::default()).unwrap();
+    let mut buf = [0xffu8; 512];
+    image.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [0u8; 512]);
+    qemu_io(dir.path(), "i138.qcow2", &["read -P 0 0 512"]);
+}

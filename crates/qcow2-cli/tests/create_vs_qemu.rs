@@ -195,6 +195,26 @@ fn invalid_requests_fail_with_status_1() {
             "a.qcow2",
             "1M",
         ],
+        // iotest 287: zstd needs version 3 (HDR-V2-FEATURES).
+        &[
+            "create",
+            "-o",
+            "compat=0.10,compression_type=zstd",
+            "a.qcow2",
+            "1M",
+        ],
+        // iotest 112: widths that are no power of two up to 64, and v2 with
+        // anything but 16 bits.
+        &["create", "-o", "refcount_bits=0", "a.qcow2", "1M"],
+        &["create", "-o", "refcount_bits=128", "a.qcow2", "1M"],
+        &["create", "-o", "refcount_bits=42", "a.qcow2", "1M"],
+        &[
+            "create",
+            "-o",
+            "compat=0.10,refcount_bits=64",
+            "a.qcow2",
+            "1M",
+        ],
         &["create", "-o", "nonsense=1", "a.qcow2", "1M"],
         &["create", "a.qcow2"],
         &["create", "a.qcow2", "1x"],
