@@ -350,6 +350,14 @@ impl Image {
             ) {
                 meta.poisoned = true;
             }
+            let overlap = matches!(
+                e,
+                ImageError::Corrupt { rule: Some(r), .. } if *r == qcow2_format::rules::RC_OVERLAP
+            );
+            if overlap && self.writable {
+                // Best effort: the refusal itself is what the caller sees.
+                let _ = meta.mark_corrupt(&*self.storage);
+            }
         }
         result
     }

@@ -344,6 +344,20 @@ impl Meta {
         Ok(())
     }
 
+    /// Marks the image corrupt on disk (incompatible bit 1, QEMU's corrupt
+    /// bit) after a write was refused because it would land on metadata, so
+    /// that no later writer trusts the tables before a repair; as QEMU does.
+    /// Bit 1 means deduplication when the dedup extension is present, so a
+    /// deduplicated image is only poisoned in memory.
+    pub fn mark_corrupt(&mut self, storage: &dyn Storage) -> Result<()> {
+        if self.area.dedup().is_some() {
+            return Ok(());
+        }
+        self.area.header.incompatible_features |= qcow2_format::features::INCOMPAT_BIT1;
+        self.write_header(storage)?;
+        sync(storage)
+    }
+
     pub fn write_header(&mut self, storage: &dyn Storage) -> Result<()> {
         let mut bytes = self.area.to_bytes()?;
         let len = bytes.len();

@@ -119,4 +119,37 @@ fn a_data_entry_pointing_at_metadata_refuses_the_write() {
     let mut after = vec![0u8; 8];
     hostile.read_at(&mut after, l1 as u64).unwrap();
     assert_eq!(&after, &bytes[l1..l1 + 8], "the L1 table is untouched");
+
+    // As QEMU does (iotest 060), the refusal marks the image corrupt on
+    // disk: it now opens read-only only, and reads still work.
+    let mut header = vec![0u8; 80];
+    hostile.read_at(&mut header, 0).unwrap();
+    let incompatible = u64::from_be_bytes(header[72..80].try_into().unwrap());
+    assert_ne!(incompatible & 2, 0, "corrupt bit set");
+    let writable = || OpenOptions {
+        writable: true,
+        backing: BackingMode::Ignore,
+    };
+    assert!(Image::open(hostile.clone(), writable()).is_err());
+    let image = Image::open(hostile.clone(), OpenOptions::default()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    image.read_at(&mut buf, 4096).unwrap();
+    drop(image);
+    // A repair that leaves no corruption clears the bit; the overlapping
+    // entry is one, so the entry is put right first, as a user would.
+    hostile
+        .write_at(&bytes[l2..l2 + 8], l2 as u64, qcow2_io::WriteKind::Other)
+        .unwrap();
+    let original = u64::from_be_bytes(storage.to_vec()[l2..l2 + 8].try_into().unwrap());
+    hostile
+        .write_at(
+            &original.to_be_bytes(),
+            l2 as u64,
+            qcow2_io::WriteKind::Other,
+        )
+        .unwrap();
+    let done =
+        qcow2_alloc::repair::repair(&*hostile, qcow2_alloc::repair::RepairMode::All, &[]).unwrap();
+    assert!(done.final_report().is_clean(), "{:#?}", done.final_report());
+    Image::open(hostile, writable()).unwrap().close().unwrap();
 }
