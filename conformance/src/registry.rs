@@ -179,6 +179,7 @@ pub fn all() -> Vec<RuleEntry> {
         (RC_MATCH, clean),
         (RC_OVERLAP, clean),
         (SNAP_ENTRY, has_snapshots),
+        (SNAP_ID_UNIQUE, has_snapshots),
         (BMP_DIRECTORY, has_bitmaps),
         (BMP_NAME, has_bitmaps),
         (BMP_FLAGS, has_bitmaps),

@@ -171,5 +171,30 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 .map(CaseInput::Bytes)
             },
         ),
+        case(SNAP_ID_UNIQUE, "two snapshots with the ID 1", |i| {
+            use qcow2_format::tables::snapshot::{self, SnapshotContext};
+            let mut b = super::named(i, "built-snapshot-data")?;
+            let a = HeaderArea::parse(&b).map_err(|e| e.to_string())?;
+            let ctx = SnapshotContext {
+                geometry: a.header.geometry().map_err(|e| e.to_string())?,
+                version: a.header.version,
+            };
+            let at = a.header.snapshots_offset.get() as usize;
+            let cs = ctx.geometry.cluster_size();
+            let mut entries = snapshot::parse_table(&b[at..at + cs as usize], 1, &ctx, at as u64)
+                .map_err(|e| e.to_string())?;
+            // The second one has no L1 table of its own: only its ID is wrong.
+            let mut again = entries[0].clone();
+            again.l1_table_offset = qcow2_format::HostOffset(0);
+            again.l1_size = 0;
+            again.name = b"again".to_vec();
+            entries.push(again);
+            let table = snapshot::encode_table(&entries, &ctx).map_err(|e| e.to_string())?;
+            if table.len() as u64 > cs {
+                return Err("the table outgrows its cluster".into());
+            }
+            b[at..at + table.len()].copy_from_slice(&table);
+            edit_area(&b, |a| a.header.nb_snapshots = 2).map(CaseInput::Bytes)
+        }),
     ]
 }

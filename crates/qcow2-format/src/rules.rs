@@ -162,6 +162,8 @@ rules! {
     RC_OVERLAP = "RC-OVERLAP";
     /// Snapshot table entries: bounded lengths, aligned L1, v3 extra data of at least 16 bytes.
     SNAP_ENTRY = "SNAP-ENTRY";
+    /// No two snapshots share an ID.
+    SNAP_ID_UNIQUE = "SNAP-ID-UNIQUE";
     /// The bitmap directory: framed entries, zero padding, exactly its stated size.
     BMP_DIRECTORY = "BMP-DIRECTORY";
     /// Bitmap names are 1..=1023 bytes and unique.

@@ -118,6 +118,18 @@ pub(crate) fn count(
         );
     }
     let (snapshots, table_len) = parse(img, counter, nb)?;
+    for (k, s) in snapshots.iter().enumerate() {
+        if snapshots[..k].iter().any(|earlier| earlier.id == s.id) {
+            counter.report.corruption(
+                Some(s.at + 12),
+                rules::SNAP_ID_UNIQUE,
+                format!(
+                    "snapshot {} ({}) has the ID of an earlier snapshot: a snapshot named by its ID is ambiguous",
+                    s.id, s.name
+                ),
+            );
+        }
+    }
     let cs = img.cluster_size();
     let mut tables: BTreeMap<(u64, u32), (u64, u64)> = BTreeMap::new();
     for s in &snapshots {
