@@ -102,7 +102,8 @@ const READ_CLUSTERS: u64 = 4096;
 fn read_around(bytes: &[u8], rule: RuleId) -> Result<String, String> {
     let image = match open(bytes, false) {
         Ok((image, _)) => image,
-        // A feature the engine does not implement (external data files)
+        // A feature the engine does not implement (external data files,
+        // encryption)
         // is refused whatever the rule: the runner has already seen the
         // check report the rule, which is all such an image can show.
         Err(e @ ImageError::Unsupported { .. }) => {

@@ -44,6 +44,9 @@ fn has_feature_table(_: &[u8], a: &HeaderArea) -> bool {
 fn has_bitmaps(_: &[u8], a: &HeaderArea) -> bool {
     has_ext(a, ext::BITMAPS)
 }
+fn has_fde(_: &[u8], a: &HeaderArea) -> bool {
+    has_ext(a, ext::FULL_DISK_ENCRYPTION)
+}
 fn has_data_file(_: &[u8], a: &HeaderArea) -> bool {
     has_ext(a, ext::EXTERNAL_DATA_FILE)
 }
@@ -147,6 +150,7 @@ pub fn all() -> Vec<RuleEntry> {
         (EXT_BITMAPS, has_bitmaps),
         (EXT_FDE, any),
         (EXT_DATA_FILE, has_data_file),
+        (ENC_LUKS_HEADER, has_fde),
         (CF_PRESENCE, has_cf),
         (CF_LENGTH, has_cf),
         (CF_NAME, has_cf),

@@ -194,6 +194,25 @@ pub(crate) fn catalogue() -> Vec<Golden> {
         }
         all.push(g);
     }
+    // An encrypted image: the key slots hold random salts and key material,
+    // so a regeneration differs inside the LUKS area (golden_store::KEYED).
+    all.push(Golden {
+        name: "luks".to_string(),
+        pre: Vec::new(),
+        create: strings(&[
+            "create",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=sec0,data=golden",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+            "luks.qcow2",
+            "1M",
+        ]),
+        post: Vec::new(),
+        companions: Vec::new(),
+    });
     all
 }
 

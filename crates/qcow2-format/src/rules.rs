@@ -152,6 +152,8 @@ rules! {
     CMP_DESCRIPTOR = "CMP-DESCRIPTOR";
     /// Each compressed cluster decodes to exactly one cluster with the image's codec.
     CMP_DECODE = "CMP-DECODE";
+    /// The LUKS area starts with a LUKS1 header whose key material lies inside the area.
+    ENC_LUKS_HEADER = "ENC-LUKS-HEADER";
     /// Refcount table entries: reserved bits zero, block offset cluster aligned.
     RC_TABLE_ENTRY = "RC-TABLE-ENTRY";
     /// Refcount blocks pack 2^refcount_order-bit big-endian entries.

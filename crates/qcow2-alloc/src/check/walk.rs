@@ -93,6 +93,14 @@ pub(crate) fn walk(
             what: "LUKS header",
         };
         counter.add(None, offset, len, luks, 1);
+        let head = (qcow2_format::tables::luks::HEADER_LEN as u64).min(len);
+        if let Ok(bytes) = img.read_in_file(offset, head, "reading the LUKS header") {
+            if let Err(e) = qcow2_format::tables::luks::check_header(&bytes, offset, len) {
+                counter
+                    .report
+                    .corruption(Some(e.offset), e.rule, e.kind.to_string());
+            }
+        }
     }
     bitmaps::count(img, &mut counter)?;
     extra::count(img, &mut counter, extra)?;

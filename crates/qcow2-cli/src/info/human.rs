@@ -32,10 +32,10 @@ fn qemu_lines(out: &mut String, info: &ImageInfo) -> fmt::Result {
     writeln!(out, "file format: qcow2")?;
     writeln!(out, "virtual size: {} ({size} bytes)", human_size(size))?;
     writeln!(out, "disk size: {}", human_size(info.actual_size))?;
-    writeln!(out, "cluster_size: {}", info.cluster_size())?;
     if info.encrypted() {
         writeln!(out, "encrypted: yes")?;
     }
+    writeln!(out, "cluster_size: {}", info.cluster_size())?;
     if info.assessment.features.dirty {
         writeln!(out, "cleanly shut down: no")?;
     }
@@ -73,6 +73,9 @@ fn format_specific(out: &mut String, info: &ImageInfo) -> fmt::Result {
         "{i1}refcount bits: {}",
         info.area.header.refcount_bits()
     )?;
+    if let Some(luks) = &info.luks {
+        encrypt(out, luks)?;
+    }
     if let Some(name) = info.area.data_file() {
         writeln!(out, "{i1}data file: {name}")?;
     }
@@ -101,6 +104,37 @@ fn format_specific(out: &mut String, info: &ImageInfo) -> fmt::Result {
         }
     }
     Ok(())
+}
+
+/// The `encrypt` block of a LUKS image, in qemu-img's order and wording.
+fn encrypt(out: &mut String, luks: &qcow2_format::tables::luks::LuksHeader) -> fmt::Result {
+    let e = super::luks_summary::Encrypt::of(luks);
+    let (i2, i3, i4) = (INDENT.repeat(2), INDENT.repeat(3), INDENT.repeat(4));
+    writeln!(out, "{INDENT}encrypt:")?;
+    writeln!(out, "{i2}ivgen alg: {}", e.ivgen_alg)?;
+    if let Some(h) = &e.ivgen_hash_alg {
+        writeln!(out, "{i2}ivgen hash alg: {h}")?;
+    }
+    writeln!(out, "{i2}detached header: {}", e.detached_header)?;
+    writeln!(out, "{i2}hash alg: {}", e.hash_alg)?;
+    writeln!(out, "{i2}cipher alg: {}", e.cipher_alg)?;
+    writeln!(out, "{i2}uuid: {}", e.uuid)?;
+    writeln!(out, "{i2}format: {}", e.format)?;
+    writeln!(out, "{i2}cipher mode: {}", e.cipher_mode)?;
+    writeln!(out, "{i2}slots:")?;
+    for (k, slot) in e.slots.iter().enumerate() {
+        writeln!(out, "{i3}[{k}]:")?;
+        writeln!(out, "{i4}active: {}", slot.active)?;
+        if let Some(iters) = slot.iters {
+            writeln!(out, "{i4}iters: {iters}")?;
+        }
+        writeln!(out, "{i4}key offset: {}", slot.key_offset)?;
+        if let Some(stripes) = slot.stripes {
+            writeln!(out, "{i4}stripes: {stripes}")?;
+        }
+    }
+    writeln!(out, "{i2}payload offset: {}", e.payload_offset)?;
+    writeln!(out, "{i2}master key iters: {}", e.master_key_iters)
 }
 
 /// QEMU's nested list layout: `[index]:` items, keys one level deeper.

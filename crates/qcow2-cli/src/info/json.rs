@@ -48,6 +48,8 @@ struct Qcow2Data<'a> {
     bitmaps: Vec<Bitmap<'a>>,
     refcount_bits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    encrypt: Option<super::luks_summary::Encrypt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_file: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_file_raw: Option<bool>,
@@ -151,6 +153,7 @@ fn data(info: &ImageInfo) -> Qcow2Data<'_> {
             })
             .collect(),
         refcount_bits: info.area.header.refcount_bits(),
+        encrypt: info.luks.as_ref().map(super::luks_summary::Encrypt::of),
         data_file: info.area.data_file(),
         data_file_raw: info.data_file_raw(),
         corrupt: v3(features.corrupt()),

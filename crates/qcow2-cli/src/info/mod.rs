@@ -2,6 +2,7 @@
 
 mod human;
 mod json;
+mod luks_summary;
 mod model;
 
 use std::io::{self, Write};

@@ -24,6 +24,9 @@ pub struct ImageInfo {
     pub assessment: Assessment,
     /// Persistent bitmaps, when the bitmaps extension is present and consistent.
     pub bitmaps: Vec<BitmapInfo>,
+    /// The LUKS header of a LUKS-encrypted image, when it reads as one
+    /// (`check` reports one that does not).
+    pub luks: Option<qcow2_format::tables::luks::LuksHeader>,
     /// Deduplication numbers, when the image has a dedup table that could
     /// be read.
     pub dedup_stats: Option<qcow2_dedup::DedupStats>,
@@ -61,6 +64,7 @@ impl ImageInfo {
             }
             _ => Vec::new(),
         };
+        let luks = luks_header(&mut file, &area);
         let dedup_stats = area.dedup().and_then(|_| {
             let storage = qcow2_io::FileStorage::open(path, false).ok()?;
             qcow2_dedup::stats(&storage, &area).ok()
@@ -73,6 +77,7 @@ impl ImageInfo {
             area,
             assessment,
             bitmaps,
+            luks,
         })
     }
 
@@ -132,4 +137,22 @@ fn bitmaps_extension(area: &HeaderArea) -> Option<&qcow2_format::extensions::Bit
         qcow2_format::extensions::Extension::Bitmaps(b) => Some(b),
         _ => None,
     })
+}
+
+/// The LUKS header the encryption header pointer names, if it parses.
+fn luks_header(
+    file: &mut crate::image_file::ImageFile,
+    area: &HeaderArea,
+) -> Option<qcow2_format::tables::luks::LuksHeader> {
+    use qcow2_format::tables::luks;
+    let (offset, len) = area.chain.extensions.iter().find_map(|e| match e {
+        qcow2_format::extensions::Extension::FullDiskEncryption(f) => {
+            Some((f.offset.get(), f.length.get()))
+        }
+        _ => None,
+    })?;
+    let head = file
+        .read_at(offset, (luks::HEADER_LEN as u64).min(len))
+        .ok()?;
+    luks::parse_header(&head, offset, len).ok()
 }

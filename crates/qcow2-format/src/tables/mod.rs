@@ -26,6 +26,7 @@ pub mod dedup_table;
 pub mod l1;
 pub mod l2;
 pub mod l2_extended;
+pub mod luks;
 pub mod refcount;
 pub mod snapshot;
 
