@@ -190,7 +190,9 @@ pub fn materialize(src: &Path, dst: &Path) -> Result<usize, String> {
         };
         // Another test process may be doing the same: write aside, then
         // rename, so nobody reads a half-written image.
-        let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = target.with_extension(format!("tmp{}-{n}", std::process::id()));
         write_sparse(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         count += 1;

@@ -188,7 +188,10 @@ fn frame_entries(dir: &[u8], at: u64, count: u32, out: &mut Vec<BitmapEntry>) ->
 pub fn check_entries(entries: &[BitmapEntry], geo: ClusterGeometry, size: u64) -> Vec<FormatError> {
     let mut out = Vec::new();
     let known_flags = FLAG_IN_USE | FLAG_AUTO | FLAG_EXTRA_DATA_COMPATIBLE;
-    for (k, e) in entries.iter().enumerate() {
+    // A set, not a scan of the earlier entries: 65535 long names would
+    // otherwise take billions of comparisons.
+    let mut names = std::collections::HashSet::with_capacity(entries.len());
+    for e in entries {
         if let Some(p) = e.padding.iter().position(|&b| b != 0) {
             let at = ENTRY_FIXED + e.extra_data.len() + e.name.len() + p;
             out.push(FormatError::new(
@@ -267,7 +270,7 @@ pub fn check_entries(entries: &[BitmapEntry], geo: ClusterGeometry, size: u64) -
                 },
             ));
         }
-        if entries[..k].iter().any(|earlier| earlier.name == e.name) {
+        if !names.insert(e.name.as_slice()) {
             out.push(FormatError::new(
                 rules::BMP_NAME,
                 e.at + 18,

@@ -131,12 +131,18 @@ pub fn check_header(area: &[u8], at: u64, area_len: u64) -> Result<()> {
             SLOT_ENABLED => {
                 let start = u64::from(be32(area, s + 40)) * SECTOR;
                 let stripes = u64::from(be32(area, s + 44));
-                let end = start + (key_bytes * stripes).div_ceil(SECTOR) * SECTOR;
-                if start < HEADER_LEN as u64 || end > area_len {
+                // Hostile sizes may pass 2^64: such a slot ends outside any area.
+                let end = (key_bytes * stripes)
+                    .div_ceil(SECTOR)
+                    .checked_mul(SECTOR)
+                    .and_then(|len| start.checked_add(len));
+                let inside = start >= HEADER_LEN as u64 && end.is_some_and(|e| e <= area_len);
+                if !inside {
+                    let end = end.map_or("past 2^64".to_string(), |e| format!("{e:#x}"));
                     return bad(
                         s + 40,
                         format!(
-                            "key slot {slot}'s material at {start:#x}..{end:#x} of the area is not \
+                            "key slot {slot}'s material at {start:#x}..{end} of the area is not \
                              between the header and the area's end ({area_len:#x})"
                         ),
                     );
@@ -191,6 +197,10 @@ mod tests {
             );
         }
         assert!(check_header(&good[..100], 0, 0x20400).is_err());
+        let mut huge = good.clone();
+        huge[108..112].fill(0xff);
+        huge[SLOTS_AT + 40..SLOTS_AT + 48].fill(0xff);
+        assert!(check_header(&huge, 0, u64::MAX).is_err());
         let parsed = parse_header(&good, 0x1000, 0x20400).unwrap();
         assert_eq!(parsed.key_bytes, 32);
         assert!(parsed.slots[0].active && !parsed.slots[1].active);
