@@ -134,9 +134,10 @@ fn read_around(bytes: &[u8], rule: RuleId) -> Result<String, String> {
     ))
 }
 
-/// Opens `bytes` for writing, grows the disk by one cluster (which rewrites
-/// the header) and closes; the header area must come back the same apart
-/// from the size (and the L1 table, if it moved).
+/// Rewrites `bytes` three ways and compares the header area with the
+/// original after each (see [`compare_kept`]): a resize that grows the disk
+/// by one cluster, an amend to another refcount width (which writes new
+/// refcount structures and the header), and `check -r all`.
 fn keep_across_rewrite(bytes: &[u8]) -> Result<String, String> {
     let (image, storage) = open(bytes, true)
         .map_err(|e| format!("refused for writing, but the rule says keep: {e}"))?;
@@ -145,12 +146,32 @@ fn keep_across_rewrite(bytes: &[u8]) -> Result<String, String> {
         .resize(grown)
         .and_then(|()| image.close())
         .map_err(|e| format!("rewrite (resize) failed: {e}"))?;
-    compare_kept(bytes, &storage.to_vec(), grown)
+    let resized = storage.to_vec();
+    compare_kept(bytes, &resized, grown).map_err(|e| format!("resize: {e}"))?;
+    let area = HeaderArea::parse(&resized).map_err(|e| e.to_string())?;
+    let width = if area.header.refcount_bits() == 32 {
+        16
+    } else {
+        32
+    };
+    let options = qcow2_image::AmendOptions {
+        refcount_bits: Some(width),
+        ..Default::default()
+    };
+    Image::amend(storage.clone(), &options)
+        .map_err(|e| format!("rewrite (amend refcount_bits={width}) failed: {e}"))?;
+    let amended = storage.to_vec();
+    compare_kept(bytes, &amended, grown).map_err(|e| format!("amend: {e}"))?;
+    let repaired = repair_all(&amended)?;
+    compare_kept(bytes, &repaired, grown)
+        .map_err(|e| format!("check -r all: {e}"))
+        .map(|kept| format!("{kept}, and across amend refcount_bits={width} and check -r all"))
 }
 
 /// Compares the header areas of an image before and after a rewrite that
-/// grew it to `grown` bytes: equal but for the size (and the L1 table, if
-/// it moved), with autoclear bits cleared as FEAT-UNKNOWN-COMPAT says.
+/// grew it to `grown` bytes: equal but for the size, a moved L1 table and
+/// the refcount structures' place and width, with autoclear bits cleared as
+/// FEAT-UNKNOWN-COMPAT says.
 pub fn compare_kept(before: &[u8], after: &[u8], grown: u64) -> Result<String, String> {
     let mut before = HeaderArea::parse(before).map_err(|e| format!("does not parse: {e}"))?;
     let mut after =
@@ -176,6 +197,10 @@ pub fn compare_kept(before: &[u8], after: &[u8], grown: u64) -> Result<String, S
     after.header.size = before.header.size;
     after.header.l1_table_offset = before.header.l1_table_offset;
     after.header.l1_size = before.header.l1_size;
+    // Where the refcount structures are and how wide, which an amend changes.
+    after.header.refcount_order = before.header.refcount_order;
+    after.header.refcount_table_offset = before.header.refcount_table_offset;
+    after.header.refcount_table_clusters = before.header.refcount_table_clusters;
     let (a, b) = (
         before.to_bytes().map_err(|e| e.to_string())?,
         after.to_bytes().map_err(|e| e.to_string())?,

@@ -3,7 +3,7 @@
 //! with the image (refused by `info` naming the rule; opened read-only and a
 //! write refused naming it; reported by `check` with the rule and a failing
 //! exit code; fixed by `check -r all`, after which our check and `qemu-img
-//! check` are clean; kept across `resize`).
+//! check` are clean; kept across `resize`, `amend` and `check -r all`).
 
 mod tools;
 
@@ -119,6 +119,23 @@ fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Resu
             }
             let after = std::fs::read(file).map_err(|e| e.to_string())?;
             compare_kept(bytes, &after, grown)?;
+            let width = if area.header.refcount_bits() == 32 {
+                "16"
+            } else {
+                "32"
+            };
+            let option = format!("refcount_bits={width}");
+            for rewrite in [
+                &["amend", "-o", option.as_str(), name][..],
+                &["check", "-r", "all", name],
+            ] {
+                let out = tools::qcow2(dir, rewrite);
+                if !out.status.success() {
+                    return Err(format!("{rewrite:?}: {}", text(&out)));
+                }
+                let after = std::fs::read(file).map_err(|e| e.to_string())?;
+                compare_kept(bytes, &after, grown).map_err(|e| format!("{rewrite:?}: {e}"))?;
+            }
         }
     }
     Ok(())
