@@ -357,19 +357,11 @@ impl HeaderArea {
     /// [`CompressFormat::check_codec`]); pass `None` to skip CF-KNOWN/CF-LEVEL,
     /// for example when only inspecting an image.
     pub fn assess(&self, max_level: Option<MaxLevelLookup<'_>>) -> Result<Assessment> {
-        let (assessment, errors) = self.assess_all(max_level);
-        match (errors.into_iter().next(), assessment) {
-            (Some(e), _) => Err(e),
-            (None, Some(a)) => Ok(a),
-            // assess_all returns no assessment only together with an error.
-            (None, None) => Err(FormatError::new(
-                rules::HDR_CLUSTER_BITS,
-                20,
-                ErrorKind::Malformed {
-                    field: "cluster_bits",
-                    reason: "no geometry".to_string(),
-                },
-            )),
+        let mut errors = Vec::new();
+        let assessment = self.assess_into(max_level, &mut errors);
+        match errors.into_iter().next() {
+            Some(first) => Err(first),
+            None => assessment,
         }
     }
 
@@ -381,17 +373,27 @@ impl HeaderArea {
         &self,
         max_level: Option<MaxLevelLookup<'_>>,
     ) -> (Option<Assessment>, Vec<FormatError>) {
-        let mut errors = self.header.validate_all();
-        let Ok(geometry) = self.header.geometry() else {
-            return (None, errors);
-        };
-        let features = match self.features() {
-            Ok(f) => f,
-            Err(e) => {
-                errors.push(e);
-                return (None, errors);
+        let mut errors = Vec::new();
+        match self.assess_into(max_level, &mut errors) {
+            Ok(assessment) => (Some(assessment), errors),
+            Err(stop) => {
+                errors.push(stop);
+                (None, errors)
             }
-        };
+        }
+    }
+
+    /// The assessment, pushing every violation that does not stop it onto
+    /// `errors`; an `Err` is one without which nothing further can be
+    /// judged (the geometry, the feature bits), and comes after `errors`.
+    fn assess_into(
+        &self,
+        max_level: Option<MaxLevelLookup<'_>>,
+        errors: &mut Vec<FormatError>,
+    ) -> Result<Assessment> {
+        let geometry = self.header.geometry()?;
+        errors.extend(self.header.validate_all());
+        let features = self.features()?;
 
         let cs = geometry.cluster_size();
         let base = u64::from(self.header.header_length);
@@ -527,13 +529,12 @@ impl HeaderArea {
             });
         }
         notes.sort_by_key(|n| n.offset);
-        let assessment = Assessment {
+        Ok(Assessment {
             geometry,
             features,
             read_only,
             notes,
-        };
-        (Some(assessment), errors)
+        })
     }
 }
 
