@@ -151,6 +151,9 @@ pub fn all() -> Vec<RuleEntry> {
         (EXT_FDE, any),
         (EXT_DATA_FILE, has_data_file),
         (ENC_LUKS_HEADER, has_fde),
+        (ENC_AREA, has_fde),
+        (ENC_PAYLOAD_OFFSET, has_fde),
+        (ENC_LUKS_CIPHER, has_fde),
         (CF_PRESENCE, has_cf),
         (CF_LENGTH, has_cf),
         (CF_NAME, has_cf),
@@ -192,6 +195,9 @@ pub fn all() -> Vec<RuleEntry> {
         (BMP_TABLE, has_bitmaps),
         (BMP_TABLE_ENTRY, has_bitmaps),
         (BMP_BIT_NO_EXT, v3),
+        (BMP_IN_USE, has_bitmaps),
+        (BMP_EXTRA_DATA, has_bitmaps),
+        (BMP_DATA_TAIL, has_bitmaps),
     ];
     table
         .iter()

@@ -194,6 +194,75 @@ pub(crate) fn catalogue() -> Vec<Golden> {
         }
         all.push(g);
     }
+    // A backing chain with data on both levels. The overlay is larger than
+    // its backing file and has extended L2 entries with 512-byte
+    // subclusters, so one cluster mixes its own data with the backing
+    // file's, a zero cluster hides backing data, and reads past the
+    // backing file's end give zeros.
+    let mut base = create("chain-base", "cluster_size=4K", Some("256K"));
+    for w in ["write -P 0x22 0 32k", "write -P 0x23 200k 8k"] {
+        base.post
+            .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &base.file()]));
+    }
+    all.push(base);
+    let mut top = overlay(
+        "chain-top",
+        "extended_l2=on,cluster_size=16K",
+        "chain-base.qcow2",
+        "qcow2",
+    );
+    top.create.push("512K".to_string());
+    for w in [
+        "write -P 0x33 1k 1k",
+        "write -z 16k 16k",
+        "write -P 0x44 300k 1k",
+    ] {
+        top.post
+            .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &top.file()]));
+    }
+    all.push(top);
+    // An internal snapshot sharing a cluster with the active image, written
+    // again after the snapshot (a copy-on-write by QEMU); and the same
+    // image with the snapshot loaded. Snapshot dates differ per run
+    // (golden_store::TIMED).
+    for (name, apply) in [("snapshot", false), ("snapshot-applied", true)] {
+        let mut g = create(name, "cluster_size=4K", Some("1M"));
+        let file = g.file();
+        g.post.extend([
+            strings(&[QEMU_IO, "-f", "qcow2", "-c", "write -P 0x61 0 8k", &file]),
+            strings(&[QEMU_IO, "-f", "qcow2", "-c", "write -P 0x63 64k 4k", &file]),
+            strings(&["snapshot", "-c", "s0", &file]),
+            strings(&[QEMU_IO, "-f", "qcow2", "-c", "write -P 0x62 0 4k", &file]),
+        ]);
+        if apply {
+            g.post.push(strings(&["snapshot", "-a", "s0", &file]));
+        }
+        all.push(g);
+    }
+    // Encrypted with the legacy AES method (crypt_method 1): the key comes
+    // from the passphrase alone, so the ciphertext is the same every run.
+    let mut aes = create("aes", "", Some("1M"));
+    aes.create = strings(&[
+        "create",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=sec0,data=golden",
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0,cluster_size=4K",
+        "aes.qcow2",
+        "1M",
+    ]);
+    aes.post.push(strings(&[
+        QEMU_IO,
+        "--object",
+        "secret,id=sec0,data=golden",
+        "--image-opts",
+        "-c",
+        "write -P 0x5a 0 4k",
+        "driver=qcow2,file.filename=aes.qcow2,encrypt.key-secret=sec0",
+    ]));
+    all.push(aes);
     // An encrypted image: the key slots hold random salts and key material,
     // so a regeneration differs inside the LUKS area (golden_store::KEYED).
     all.push(Golden {

@@ -14,9 +14,11 @@ use serde_json::{json, Value};
 
 use crate::golden::{catalogue, Golden, GOLDEN_DIR, QEMU_IO};
 
-/// Images keyed with random salts and key material: a regeneration is
-/// compared with them outside the LUKS area the encryption extension names.
-const KEYED: &[&str] = &["luks.qcow2"];
+/// Images that differ per run: keyed with random salts and key material
+/// (compared outside the LUKS area the encryption extension names), or
+/// holding snapshots with their creation dates (compared with the dates
+/// blanked). Their SHA-256 is recorded but not compared.
+const KEYED: &[&str] = &["luks.qcow2", "snapshot.qcow2", "snapshot-applied.qcow2"];
 
 /// The packages whose libraries qemu-img compresses with (Debian names).
 const CODEC_PACKAGES: &[&str] = &["zlib1g", "libzstd1"];
@@ -163,7 +165,8 @@ pub(crate) fn check(root: &Path) -> Result<(), String> {
 }
 
 /// Whether a stored file and its regeneration agree: byte for byte, but for
-/// the keyed images (compared with their LUKS areas blanked), their SHA-256
+/// the images of [`KEYED`] (compared with their LUKS areas and snapshot
+/// dates blanked), their SHA-256
 /// and the codec library versions in the manifest.
 fn same_file(stored: &Path, fresh: &Path, name: &str) -> bool {
     let (Ok(a), Ok(b)) = (fs::read_to_string(stored), fs::read_to_string(fresh)) else {
@@ -173,7 +176,11 @@ fn same_file(stored: &Path, fresh: &Path, name: &str) -> bool {
         .strip_suffix(".hex")
         .is_some_and(|i| KEYED.contains(&i))
     {
-        let blank = |text: &str| sparse_hex::parse(text).ok().map(blank_luks_area);
+        let blank = |text: &str| {
+            sparse_hex::parse(text)
+                .ok()
+                .map(|b| blank_snapshot_dates(blank_luks_area(b)))
+        };
         return blank(&a).is_some() && blank(&a) == blank(&b);
     }
     if name == "manifest.json" {
@@ -211,6 +218,36 @@ fn blank_luks_area(mut bytes: Vec<u8>) -> Vec<u8> {
         if at < end {
             bytes[at..end].fill(0);
         }
+    }
+    bytes
+}
+
+/// `bytes` with the creation date (bytes 16-23) of every snapshot table
+/// entry set to zero.
+fn blank_snapshot_dates(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Ok(area) = qcow2_format::HeaderArea::parse(&bytes) else {
+        return bytes;
+    };
+    let be = |b: &[u8], at: usize, n: usize| -> Option<usize> {
+        let mut v = 0usize;
+        for &x in b.get(at..at + n)? {
+            v = (v << 8) | usize::from(x);
+        }
+        Some(v)
+    };
+    let mut at = area.header.snapshots_offset.get() as usize;
+    for _ in 0..area.header.nb_snapshots.min(64) {
+        let (Some(id), Some(name), Some(extra)) = (
+            be(&bytes, at + 12, 2),
+            be(&bytes, at + 14, 2),
+            be(&bytes, at + 36, 4),
+        ) else {
+            break;
+        };
+        if let Some(date) = bytes.get_mut(at + 16..at + 24) {
+            date.fill(0);
+        }
+        at += (40 + extra + id + name).div_ceil(8) * 8;
     }
     bytes
 }

@@ -218,6 +218,45 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 Ok(())
             })
         }),
+        case(BMP_IN_USE, "bitmap b1 flagged in use", |i| {
+            edit_entry(i, 1, |b, e| {
+                put_u32(b, e.at as usize + 12, e.flags | 1);
+                Ok(())
+            })
+        }),
+        case(
+            BMP_EXTRA_DATA,
+            "8 bytes of extra data, extra_data_compatible set",
+            |i| {
+                rewrite_directory(i, |entries| {
+                    entries[1].extra_data = vec![0xe1; 8];
+                    entries[1].flags |= 4;
+                })
+            },
+        ),
+        case(
+            BMP_EXTRA_DATA,
+            "8 bytes of extra data, extra_data_compatible clear",
+            |i| rewrite_directory(i, |entries| entries[1].extra_data = vec![0xe1; 8]),
+        ),
+        case(BMP_DATA_TAIL, "bit 16 set in a bitmap of 16 bits", |i| {
+            edit_data_entry(i, |b, _, raw| {
+                // 1 MiB at 64 KiB per bit: bits 0-15 are the disk's.
+                b[raw as usize + 2] |= 1;
+                Ok(())
+            })
+        }),
+        case(BMP_DATA_TAIL, "last bit of the data cluster set", |i| {
+            edit_data_entry(i, |b, _, raw| {
+                let cs = 1usize
+                    << HeaderArea::parse(b)
+                        .map_err(|e| e.to_string())?
+                        .header
+                        .cluster_bits;
+                b[raw as usize + cs - 1] |= 0x80;
+                Ok(())
+            })
+        }),
         case(BMP_TABLE_ENTRY, "data cluster offset off by 512", |i| {
             edit_data_entry(i, |b, at, raw| {
                 put_u64(b, at, raw + 512);

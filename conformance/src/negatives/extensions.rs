@@ -158,32 +158,6 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         case(EXT_FDE, "encryption extension of 8 bytes", |i| {
             with_fde(i, 2, fde_data(0x10000, 0x1000)[..8].to_vec())
         }),
-        case(ENC_LUKS_HEADER, "LUKS magic broken", |i| {
-            luks(i, |b, area| {
-                b[area] = b'l';
-                Ok(())
-            })
-        }),
-        case(ENC_LUKS_HEADER, "LUKS version 2 in a LUKS1 header", |i| {
-            luks(i, |b, area| {
-                b[area + 7] = 2;
-                Ok(())
-            })
-        }),
-        case(ENC_LUKS_HEADER, "key slot state 0", |i| {
-            luks(i, |b, area| {
-                b[area + 208..area + 212].fill(0);
-                Ok(())
-            })
-        }),
-        case(ENC_LUKS_HEADER, "key material past the LUKS area", |i| {
-            luks(i, |b, area| {
-                // Slot 0 in use: move its material to the last sector of the area.
-                let sector = (area_len(b)? / 512 - 1) as u32;
-                crate::mutate::put_u32(b, area + 208 + 40, sector);
-                Ok(())
-            })
-        }),
         case(EXT_DATA_FILE, "external data file name with a NUL", |i| {
             let b = pick(i, "an image with an external data file", |a| {
                 a.data_file().is_some()
@@ -225,37 +199,4 @@ fn with_fde(
         });
     })
     .map(CaseInput::Bytes)
-}
-
-/// The length of the LUKS area of an image with an encryption header pointer.
-fn area_len(bytes: &[u8]) -> Result<u64, String> {
-    let a = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
-    a.chain
-        .extensions
-        .iter()
-        .find_map(|e| match e {
-            Extension::FullDiskEncryption(f) => Some(f.length.get()),
-            _ => None,
-        })
-        .ok_or_else(|| "no encryption header pointer".to_string())
-}
-
-/// The LUKS golden with `edit` applied, given the LUKS area's file offset.
-fn luks(
-    images: &[crate::corpus::TestImage],
-    edit: impl FnOnce(&mut Vec<u8>, usize) -> Result<(), String>,
-) -> Result<CaseInput, String> {
-    let mut b = crate::negatives::named(images, "luks")?;
-    let a = HeaderArea::parse(&b).map_err(|e| e.to_string())?;
-    let at = a
-        .chain
-        .extensions
-        .iter()
-        .find_map(|e| match e {
-            Extension::FullDiskEncryption(f) => Some(f.offset.get() as usize),
-            _ => None,
-        })
-        .ok_or("the luks golden has no encryption header pointer")?;
-    edit(&mut b, at)?;
-    Ok(CaseInput::Bytes(b))
 }

@@ -2,6 +2,7 @@
 
 mod bitmaps;
 mod dedup;
+mod encryption;
 mod engine;
 mod extensions;
 mod header;
@@ -40,11 +41,15 @@ pub struct NegativeCase {
 
 /// Every negative case of the suite.
 pub fn all() -> Vec<NegativeCase> {
-    let modules: [(&'static str, Vec<NegativeCase>); 7] = [
+    let modules: [(&'static str, Vec<NegativeCase>); 8] = [
         ("conformance/src/negatives/header.rs", header::cases()),
         (
             "conformance/src/negatives/extensions.rs",
             extensions::cases(),
+        ),
+        (
+            "conformance/src/negatives/encryption.rs",
+            encryption::cases(),
         ),
         ("conformance/src/negatives/seeds.rs", seeds::cases()),
         ("conformance/src/negatives/tables.rs", tables::cases()),

@@ -154,6 +154,12 @@ rules! {
     CMP_DECODE = "CMP-DECODE";
     /// The LUKS area starts with a LUKS1 header whose key material lies inside the area.
     ENC_LUKS_HEADER = "ENC-LUKS-HEADER";
+    /// The LUKS area's slack up to the end of its last cluster is zero.
+    ENC_AREA = "ENC-AREA";
+    /// The LUKS payload offset lies past the key material and inside the area.
+    ENC_PAYLOAD_OFFSET = "ENC-PAYLOAD-OFFSET";
+    /// The LUKS cipher, mode, IV generator, hash and key size are ones LUKS defines.
+    ENC_LUKS_CIPHER = "ENC-LUKS-CIPHER";
     /// Refcount table entries: reserved bits zero, block offset cluster aligned.
     RC_TABLE_ENTRY = "RC-TABLE-ENTRY";
     /// Refcount blocks pack 2^refcount_order-bit big-endian entries.
@@ -182,4 +188,10 @@ rules! {
     BMP_TABLE_ENTRY = "BMP-TABLE-ENTRY";
     /// Autoclear bit 0 without a bitmaps extension is ignored and cleared on write.
     BMP_BIT_NO_EXT = "BMP-BIT-NO-EXT";
+    /// A bitmap with in_use set is reported as untrustworthy.
+    BMP_IN_USE = "BMP-IN-USE";
+    /// Bitmap extra data is kept; without extra_data_compatible the bitmap is unusable.
+    BMP_EXTRA_DATA = "BMP-EXTRA-DATA";
+    /// Bits past the last valid bit of the final bitmap data cluster are zero.
+    BMP_DATA_TAIL = "BMP-DATA-TAIL";
 }

@@ -2,14 +2,16 @@
 //! cluster they reference are refcounted metadata.
 
 use qcow2_format::rules;
+use qcow2_format::tables::bitmap_data::{check_tail, entry_notes};
 use qcow2_format::tables::bitmap_directory::{
-    check_entries, decode_table_entry, parse_directory_partial, TABLE_ENTRY_OFFSET,
+    check_entries, decode_table_entry, parse_directory_partial, BitmapEntry, TABLE_ENTRY_OFFSET,
 };
 
 use super::error::CheckResult;
 use super::image::Image;
 use super::refmap::role;
 use super::refs::{Counter, Ref};
+use super::report::FindingKind;
 use super::tables::for_each_entry;
 
 const fn bitmap_ref(what: &'static str) -> Ref {
@@ -56,6 +58,18 @@ pub(crate) fn count(img: &Image<'_>, counter: &mut Counter<'_>) -> CheckResult<(
             .corruption(Some(e.offset), e.rule, e.kind.to_string());
     }
     let cs = img.cluster_size();
+    let size = img.area.header.size;
+    for entry in &entries {
+        for note in entry_notes(entry) {
+            counter.report.record(
+                FindingKind::Note,
+                Some(note.offset),
+                Some(note.rule),
+                note.kind.to_string(),
+                1,
+            );
+        }
+    }
     for entry in &entries {
         let offset = entry.table_offset.get();
         if offset == 0 || !img.geo.is_aligned(offset) {
@@ -81,6 +95,7 @@ pub(crate) fn count(img: &Image<'_>, counter: &mut Counter<'_>) -> CheckResult<(
                         bitmap_ref("bitmap data cluster"),
                         1,
                     );
+                    tail(img, counter, entry, size, i, data.get());
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -105,4 +120,31 @@ pub(crate) fn count(img: &Image<'_>, counter: &mut Counter<'_>) -> CheckResult<(
         })?;
     }
     Ok(())
+}
+
+/// Reports set bits past the end of bitmap `entry` when its table entry
+/// `index` holds the last bits (BMP-DATA-TAIL); a cluster outside the file
+/// is reported by the refcount walk instead.
+fn tail(
+    img: &Image<'_>,
+    counter: &mut Counter<'_>,
+    entry: &BitmapEntry,
+    size: u64,
+    index: u64,
+    data: u64,
+) {
+    let cs = img.cluster_size();
+    let last = qcow2_format::tables::bitmap_data::valid_bits(size, entry.granularity())
+        .saturating_sub(1)
+        / (cs * 8);
+    if index != last || data.saturating_add(cs) > img.file_len {
+        return;
+    }
+    if let Ok(cluster) = img.read_in_file(data, cs, "reading a bitmap data cluster") {
+        if let Some(e) = check_tail(entry, size, img.geo, index, &cluster, data) {
+            counter
+                .report
+                .corruption(Some(e.offset), e.rule, e.kind.to_string());
+        }
+    }
 }

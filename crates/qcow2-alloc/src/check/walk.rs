@@ -93,14 +93,7 @@ pub(crate) fn walk(
             what: "LUKS header",
         };
         counter.add(None, offset, len, luks, 1);
-        let head = (qcow2_format::tables::luks::HEADER_LEN as u64).min(len);
-        if let Ok(bytes) = img.read_in_file(offset, head, "reading the LUKS header") {
-            if let Err(e) = qcow2_format::tables::luks::check_header(&bytes, offset, len) {
-                counter
-                    .report
-                    .corruption(Some(e.offset), e.rule, e.kind.to_string());
-            }
-        }
+        luks_area(img, &mut counter, offset, len);
     }
     bitmaps::count(img, &mut counter)?;
     extra::count(img, &mut counter, extra)?;
@@ -113,4 +106,49 @@ pub(crate) fn walk(
         map: counter.map,
         health,
     })
+}
+
+/// Reports what the LUKS area of `len` bytes at `offset` breaks: its header
+/// (ENC-LUKS-HEADER), the header's cipher and payload fields
+/// (ENC-LUKS-CIPHER, ENC-PAYLOAD-OFFSET) and the slack after it (ENC-AREA).
+fn luks_area(img: &Image<'_>, counter: &mut Counter<'_>, offset: u64, len: u64) {
+    use qcow2_format::tables::{luks, luks_values};
+    let head = (luks::HEADER_LEN as u64).min(len);
+    if let Ok(bytes) = img.read_in_file(offset, head, "reading the LUKS header") {
+        let errors = match luks::parse_header(&bytes, offset, len) {
+            Ok(header) => luks_values::check_values(&header, offset, len),
+            Err(e) => vec![e],
+        };
+        for e in errors {
+            counter
+                .report
+                .corruption(Some(e.offset), e.rule, e.kind.to_string());
+        }
+    }
+    // The slack is less than a cluster; an area past the end of the file
+    // is reported by the refcount walk.
+    let Some(end) = offset.checked_add(len) else {
+        return;
+    };
+    let in_cluster = img.geo.offset_in_cluster(end);
+    let slack = if in_cluster == 0 {
+        0
+    } else {
+        img.cluster_size() - in_cluster
+    };
+    if slack == 0 || end.saturating_add(slack) > img.file_len {
+        return;
+    }
+    if let Ok(bytes) = img.read_in_file(end, slack, "reading the LUKS area's slack") {
+        if let Some(p) = bytes.iter().position(|&b| b != 0) {
+            counter.report.corruption(
+                Some(end + p as u64),
+                rules::ENC_AREA,
+                format!(
+                    "byte {p} after the LUKS area's {len} bytes is not zero (the rest of its \
+                     last cluster must be)"
+                ),
+            );
+        }
+    }
 }

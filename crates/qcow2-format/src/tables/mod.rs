@@ -20,6 +20,7 @@
 //! normalised to zero on rewrite: snapshot padding (see [`snapshot`]) and the
 //! meaningless bit 0 of extended L2 descriptors (see [`l2_extended`]).
 
+pub mod bitmap_data;
 pub mod bitmap_directory;
 pub mod compressed;
 pub mod dedup_table;
@@ -27,6 +28,7 @@ pub mod l1;
 pub mod l2;
 pub mod l2_extended;
 pub mod luks;
+pub mod luks_values;
 pub mod refcount;
 pub mod snapshot;
 
