@@ -22,6 +22,9 @@ pub enum Consequence {
     /// As [`Consequence::Check`], and `check -r all` (refcount repair, then
     /// a dedup table rebuild) leaves an image with no finding of any rule.
     Repair,
+    /// A rule about what readers and writers do, which no image breaks:
+    /// its cases are [`crate::duties`].
+    Duty,
 }
 
 impl Consequence {
@@ -33,10 +36,12 @@ impl Consequence {
             Self::Check => "check",
             Self::IgnoreKeep => "ignore+keep",
             Self::Repair => "repair",
+            Self::Duty => "duty",
         }
     }
 
-    /// Reads a Violation cell (`refuse`, `read-only`, `check`, `ignore+keep`).
+    /// Reads a Violation cell (`refuse`, `read-only`, `check`, `repair`,
+    /// `ignore+keep`, `duty`).
     pub fn from_cell(cell: &str) -> Option<Self> {
         match cell.trim() {
             "refuse" => Some(Self::Refuse),
@@ -44,6 +49,7 @@ impl Consequence {
             "check" => Some(Self::Check),
             "ignore+keep" => Some(Self::IgnoreKeep),
             "repair" => Some(Self::Repair),
+            "duty" => Some(Self::Duty),
             _ => None,
         }
     }
@@ -90,6 +96,9 @@ pub fn observe(bytes: &[u8], rule: RuleId, expected: Consequence) -> Result<Stri
             }
         }
         Consequence::IgnoreKeep => keep_across_rewrite(bytes),
+        Consequence::Duty => Err(format!(
+            "{rule} is a duty of readers and writers: no image breaks it"
+        )),
     }
 }
 

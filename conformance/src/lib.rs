@@ -11,6 +11,7 @@
 pub mod case_report;
 pub mod consequence;
 pub mod corpus;
+pub mod duties;
 pub mod engine_check;
 pub mod engine_images;
 pub mod evaluate;

@@ -101,6 +101,11 @@ fn clean(_: &[u8], a: &HeaderArea) -> bool {
 fn has_l2_tables_clean(b: &[u8], a: &HeaderArea) -> bool {
     clean(b, a) && has_l2_tables(b, a)
 }
+/// Duty rules take no corpus image as a positive: their cases are
+/// [`crate::duties`].
+fn never(_: &[u8], _: &HeaderArea) -> bool {
+    false
+}
 fn small_clusters(_: &[u8], a: &HeaderArea) -> bool {
     a.header.cluster_bits <= 12
 }
@@ -154,6 +159,7 @@ pub fn all() -> Vec<RuleEntry> {
         (ENC_AREA, has_fde),
         (ENC_PAYLOAD_OFFSET, has_fde),
         (ENC_LUKS_CIPHER, has_fde),
+        (ENC_PAYLOAD, never),
         (CF_PRESENCE, has_cf),
         (CF_LENGTH, has_cf),
         (CF_NAME, has_cf),
@@ -181,12 +187,17 @@ pub fn all() -> Vec<RuleEntry> {
         (L2_COPIED, has_l2_tables_clean),
         (CMP_DESCRIPTOR, has_compressed_clusters),
         (CMP_DECODE, has_compressed_clusters),
+        (READ_MAPPING, never),
+        (READ_UNALLOCATED, never),
         (RC_TABLE_ENTRY, any),
         (RC_BLOCK, any),
         (RC_MATCH, clean),
         (RC_OVERLAP, clean),
+        (RC_COW, never),
         (SNAP_ENTRY, has_snapshots),
         (SNAP_ID_UNIQUE, has_snapshots),
+        (SNAP_VMSTATE, has_snapshots),
+        (SNAP_LOAD, never),
         (BMP_DIRECTORY, has_bitmaps),
         (BMP_NAME, has_bitmaps),
         (BMP_FLAGS, has_bitmaps),
@@ -198,6 +209,8 @@ pub fn all() -> Vec<RuleEntry> {
         (BMP_IN_USE, has_bitmaps),
         (BMP_EXTRA_DATA, has_bitmaps),
         (BMP_DATA_TAIL, has_bitmaps),
+        (BMP_DATA, never),
+        (BMP_AUTO, never),
     ];
     table
         .iter()

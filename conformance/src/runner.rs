@@ -141,6 +141,7 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
         })
         .collect();
     let negatives = negatives::all();
+    let duties = crate::duties::all();
     let violations = crate::spec_doc::load_violations().unwrap_or_default();
     registry::all()
         .into_iter()
@@ -161,7 +162,7 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
             if consequence.is_none() {
                 report.failures.push(format!(
                     "Violation cell {:?} of docs/spec.md is none of refuse, read-only, check, \
-                     ignore+keep",
+                     repair, ignore+keep, duty",
                     violations.get(entry.id.as_str())
                 ));
             }
@@ -173,6 +174,15 @@ pub fn run_on(images: &[TestImage]) -> Vec<RuleReport> {
             }
             for case in negatives.iter().filter(|c| c.rule == entry.id) {
                 report.add(negative(case, images, consequence));
+            }
+            for case in duties.iter().filter(|c| c.rule == entry.id) {
+                report.add(crate::duties::report(case, images));
+            }
+            if (consequence == Some(Consequence::Duty)) != duties.iter().any(|c| c.rule == entry.id)
+            {
+                report.failures.push(
+                    "a rule has duty cases exactly when its Violation cell is duty".to_string(),
+                );
             }
             report
         })

@@ -175,6 +175,17 @@ pub(crate) fn catalogue() -> Vec<Golden> {
                 "write -z 64k 8k",
             ][..],
         ),
+        // 512-byte clusters: one L2 table maps 32 KiB, so these writes go
+        // through L1 entries 0, 1 and 3, the last inside its clusters.
+        (
+            "data-512",
+            "cluster_size=512",
+            &[
+                "write -P 0x71 0 1k",
+                "write -P 0x72 40k 1k",
+                "write -P 0x73 100000 300",
+            ][..],
+        ),
         (
             "compressed-zlib",
             "compression_type=zlib",

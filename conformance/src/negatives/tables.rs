@@ -157,7 +157,11 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             "version 3 snapshot with 8 bytes of extra data",
             |i| {
                 let mut b = plain(i)?;
+                // An empty L1 table of its own, one entry for the 64 MiB disk.
+                let l1 = append_counted(&mut b, 65536, &[0; 8])?;
                 let mut entry = vec![0u8; 40];
+                put_u64(&mut entry, 0, l1);
+                put_u32(&mut entry, 8, 1);
                 put_u32(&mut entry, 12, 0x0001_0001); // id_str_size 1, name_size 1
                 put_u32(&mut entry, 36, 8); // extra_data_size
                 entry.extend_from_slice(&[0; 8]);
@@ -169,6 +173,24 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                     a.header.snapshots_offset.0 = at;
                 })
                 .map(CaseInput::Bytes)
+            },
+        ),
+        case(SNAP_VMSTATE, "one byte of VM state past a full L1", |i| {
+            first_snapshot(i, |b, at| {
+                // The 64-bit VM state size, the first field of the extra data.
+                put_u64(b, at + 40, 1);
+                Ok(())
+            })
+        }),
+        case(
+            SNAP_VMSTATE,
+            "snapshot disk size beyond its L1 table",
+            |i| {
+                first_snapshot(i, |b, at| {
+                    // 4 KiB clusters: one L1 entry covers 2 MiB.
+                    put_u64(b, at + 48, 3 << 20);
+                    Ok(())
+                })
             },
         ),
         case(SNAP_ID_UNIQUE, "two snapshots with the ID 1", |i| {
@@ -187,6 +209,10 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             let mut again = entries[0].clone();
             again.l1_table_offset = qcow2_format::HostOffset(0);
             again.l1_size = 0;
+            // A snapshot of an empty disk needs no L1 entries (SNAP-VMSTATE).
+            if let Some(disk) = again.extra_data.get_mut(8..16) {
+                disk.fill(0);
+            }
             again.name = b"again".to_vec();
             entries.push(again);
             let table = snapshot::encode_table(&entries, &ctx).map_err(|e| e.to_string())?;
@@ -197,4 +223,19 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             edit_area(&b, |a| a.header.nb_snapshots = 2).map(CaseInput::Bytes)
         }),
     ]
+}
+
+/// The qemu-made `snapshot` golden with `edit` applied, given the file
+/// offset of its first snapshot table entry.
+fn first_snapshot(
+    images: &[crate::corpus::TestImage],
+    edit: impl FnOnce(&mut Vec<u8>, usize) -> Result<(), String>,
+) -> Result<CaseInput, String> {
+    let mut b = super::named(images, "snapshot")?;
+    let a = HeaderArea::parse(&b).map_err(|e| e.to_string())?;
+    if a.header.nb_snapshots == 0 || a.header.cluster_bits != 12 {
+        return Err("the snapshot golden has no snapshot, or not 4 KiB clusters".into());
+    }
+    edit(&mut b, a.header.snapshots_offset.get() as usize)?;
+    Ok(CaseInput::Bytes(b))
 }

@@ -152,6 +152,10 @@ rules! {
     CMP_DESCRIPTOR = "CMP-DESCRIPTOR";
     /// Each compressed cluster decodes to exactly one cluster with the image's codec.
     CMP_DECODE = "CMP-DECODE";
+    /// A guest offset maps through L1 index, L2 index and the offset in the cluster.
+    READ_MAPPING = "READ-MAPPING";
+    /// Unallocated clusters read from the backing file or as zeros; zero clusters read zeros.
+    READ_UNALLOCATED = "READ-UNALLOCATED";
     /// The LUKS area starts with a LUKS1 header whose key material lies inside the area.
     ENC_LUKS_HEADER = "ENC-LUKS-HEADER";
     /// The LUKS area's slack up to the end of its last cluster is zero.
@@ -160,6 +164,8 @@ rules! {
     ENC_PAYLOAD_OFFSET = "ENC-PAYLOAD-OFFSET";
     /// The LUKS cipher, mode, IV generator, hash and key size are ones LUKS defines.
     ENC_LUKS_CIPHER = "ENC-LUKS-CIPHER";
+    /// Guest data of an encrypted image is encrypted, its metadata plain; this build refuses to read it.
+    ENC_PAYLOAD = "ENC-PAYLOAD";
     /// Refcount table entries: reserved bits zero, block offset cluster aligned.
     RC_TABLE_ENTRY = "RC-TABLE-ENTRY";
     /// Refcount blocks pack 2^refcount_order-bit big-endian entries.
@@ -168,10 +174,16 @@ rules! {
     RC_MATCH = "RC-MATCH";
     /// No host cluster serves two different structures (or metadata and guest data).
     RC_OVERLAP = "RC-OVERLAP";
+    /// A write never changes a cluster whose refcount is 2 or more in place.
+    RC_COW = "RC-COW";
     /// Snapshot table entries: bounded lengths, aligned L1, v3 extra data of at least 16 bytes.
     SNAP_ENTRY = "SNAP-ENTRY";
     /// No two snapshots share an ID.
     SNAP_ID_UNIQUE = "SNAP-ID-UNIQUE";
+    /// A snapshot's L1 table covers its disk and the VM state stored after it.
+    SNAP_VMSTATE = "SNAP-VMSTATE";
+    /// Loading a snapshot copies its L1 table, restores its size and recomputes COPIED.
+    SNAP_LOAD = "SNAP-LOAD";
     /// The bitmap directory: framed entries, zero padding, exactly its stated size.
     BMP_DIRECTORY = "BMP-DIRECTORY";
     /// Bitmap names are 1..=1023 bytes and unique.
@@ -194,4 +206,8 @@ rules! {
     BMP_EXTRA_DATA = "BMP-EXTRA-DATA";
     /// Bits past the last valid bit of the final bitmap data cluster are zero.
     BMP_DATA_TAIL = "BMP-DATA-TAIL";
+    /// Bit k of a bitmap covers guest bytes k*g to (k+1)*g-1, packed from the LSB.
+    BMP_DATA = "BMP-DATA";
+    /// An enabled (auto) bitmap records every write made while it is enabled.
+    BMP_AUTO = "BMP-AUTO";
 }

@@ -106,7 +106,9 @@ impl Image {
         let features = assessment.features;
         let h = &area.header;
         if h.crypt_method != 0 {
-            return Err(unsupported("encrypted images"));
+            return Err(unsupported(
+                "encrypted images (ENC-PAYLOAD: this build does not decrypt guest data)",
+            ));
         }
         if features.external_data_file() {
             return Err(unsupported("external data files"));

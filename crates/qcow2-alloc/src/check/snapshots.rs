@@ -22,6 +22,11 @@ struct Snapshot {
     at: u64,
     l1_offset: u64,
     l1_size: u32,
+    /// VM state bytes: the 64-bit field of the extra data when present,
+    /// else the 32-bit one.
+    vm_state: u64,
+    /// The disk size the extra data records, if it does.
+    disk_size: Option<u64>,
     id: String,
     name: String,
 }
@@ -86,10 +91,17 @@ fn parse(
             pos = end;
             break;
         }
+        let extra_at = pos + SNAPSHOT_HEADER_SIZE;
         out.push(Snapshot {
             at,
             l1_offset: be64(&buf, pos),
             l1_size: be32(&buf, pos + 8),
+            vm_state: if extra >= 8 {
+                be64(&buf, extra_at)
+            } else {
+                be32(&buf, pos + 32).into()
+            },
+            disk_size: (extra >= 16).then(|| be64(&buf, extra_at + 8)),
             id: String::from_utf8_lossy(&bytes_at(&buf, id_at, id_len)).into_owned(),
             name: String::from_utf8_lossy(&bytes_at(&buf, id_at + id_len, name_len)).into_owned(),
         });
@@ -155,6 +167,7 @@ pub(crate) fn count(
             );
             continue;
         }
+        coverage(img, counter, s);
         tables
             .entry((s.l1_offset, s.l1_size))
             .or_insert((s.at, 0))
@@ -188,4 +201,26 @@ pub(crate) fn count(
     };
     counter.add(Some(64), header.snapshots_offset.get(), table_len, table, 1);
     Ok(())
+}
+
+/// Reports a snapshot whose L1 table is too short for its disk and the VM
+/// state stored after it (SNAP-VMSTATE): the VM state starts at the first
+/// L1 entry past those the disk needs.
+fn coverage(img: &Image<'_>, counter: &mut Counter<'_>, s: &Snapshot) {
+    let per_l2 = img.geo.bytes_per_l2_table(img.extended_l2);
+    let disk = s.disk_size.unwrap_or(img.area.header.size);
+    let needed = disk
+        .div_ceil(per_l2)
+        .saturating_add(s.vm_state.div_ceil(per_l2));
+    if u64::from(s.l1_size) < needed {
+        counter.report.corruption(
+            Some(s.at + 8),
+            rules::SNAP_VMSTATE,
+            format!(
+                "snapshot {} ({}) has {} L1 entries, but its disk of {disk} bytes and VM state \
+                 of {} bytes need {needed}",
+                s.id, s.name, s.l1_size, s.vm_state
+            ),
+        );
+    }
 }
