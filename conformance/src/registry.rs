@@ -146,6 +146,8 @@ pub fn all() -> Vec<RuleEntry> {
         (FEAT_LAZY_REFCOUNTS, has_lazy),
         (FEAT_UNKNOWN_COMPAT, v3),
         (FEAT_RAW_DATA, has_data_file),
+        (DATA_NO_REFCOUNT, never),
+        (DATA_RAW_IMAGE, never),
         (EXT_FRAMING, any),
         (EXT_PADDING, has_backing_format),
         (EXT_DUPLICATE, has_feature_table),

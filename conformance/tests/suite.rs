@@ -204,3 +204,51 @@ fn qemu_img_reads_the_built_snapshot_as_a_clean_image_with_one_snapshot() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("golden"), "{text}");
 }
+
+/// docs/normative-statements.md maps every one of QEMU's normative
+/// statements to rule IDs that docs/spec.md defines: no NONE, no unknown
+/// ID, numbered N1 to the count its summary states, each used rule listed.
+#[test]
+fn every_normative_statement_has_a_defined_rule() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let spec = std::fs::read_to_string(root.join("docs/spec.md")).unwrap();
+    let defined: std::collections::BTreeSet<String> = qcow2_conformance::spec_doc::rule_ids(&spec)
+        .into_iter()
+        .collect();
+    let text = std::fs::read_to_string(root.join("docs/normative-statements.md")).unwrap();
+    let mut numbers = Vec::new();
+    let statement_row = |l: &&str| {
+        l.strip_prefix("| N")
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    for line in text.lines().filter(statement_row) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let n: usize = cells[0].trim_start_matches('N').parse().unwrap();
+        numbers.push(n);
+        let ids = cells.last().unwrap();
+        assert!(!ids.contains("NONE"), "N{n} has no rule: {line}");
+        let named: Vec<&str> = ids
+            .split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-'))
+            .filter(|w| {
+                w.len() > 3 && w.contains('-') && w.chars().next().unwrap().is_ascii_uppercase()
+            })
+            .collect();
+        assert!(!named.is_empty(), "N{n} names no rule ID: {line}");
+        for id in named {
+            assert!(
+                defined.contains(id),
+                "N{n} names {id}, which docs/spec.md does not define"
+            );
+        }
+    }
+    assert_eq!(
+        numbers,
+        (1..=numbers.len()).collect::<Vec<_>>(),
+        "statements are not N1..Nk in order"
+    );
+    let summary = format!("all {} covered", numbers.len());
+    assert!(
+        text.contains(&summary),
+        "the summary does not say {summary:?}"
+    );
+}

@@ -115,6 +115,16 @@ pub(crate) fn catalogue() -> Vec<Golden> {
         Some("1M"),
     );
     dfr.companions.push("data-file-raw.data");
+    // With data_file_raw the data file alone must stay the guest disk: a
+    // zero write reaches the data file too, not only the L2 table.
+    for w in [
+        "write -P 0x5b 64k 8k",
+        "write -P 0x5c 128k 64k",
+        "write -z 128k 4k",
+    ] {
+        dfr.post
+            .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &dfr.file()]));
+    }
     all.push(dfr);
     let mut bm = create("bitmaps", "", Some("1M"));
     bm.post

@@ -13,6 +13,7 @@
 //! when the same comparison reports it.
 
 pub mod bitmap_bits;
+pub mod data_file;
 pub mod encrypted;
 pub mod guest_model;
 pub mod raw_map;
@@ -62,6 +63,7 @@ pub fn all() -> Vec<DutyCase> {
             bitmap_bits::cases(),
         ),
         ("conformance/src/duties/encrypted.rs", encrypted::cases()),
+        ("conformance/src/duties/data_file.rs", data_file::cases()),
     ]
     .into_iter()
     .flat_map(|(source, cases)| cases.into_iter().map(move |c| DutyCase { source, ..c }))

@@ -80,6 +80,10 @@ rules! {
     FEAT_UNKNOWN_COMPAT = "FEAT-UNKNOWN-COMPAT";
     /// Autoclear bit 1 (raw external data) needs an external data file.
     FEAT_RAW_DATA = "FEAT-RAW-DATA";
+    /// With an external data file, guest clusters carry no refcounts in the image file.
+    DATA_NO_REFCOUNT = "DATA-NO-REFCOUNT";
+    /// While the raw-data bit is set, the data file alone is the guest disk.
+    DATA_RAW_IMAGE = "DATA-RAW-IMAGE";
     /// Each extension is type, length, data, zero padding to 8; the chain ends with type 0.
     EXT_FRAMING = "EXT-FRAMING";
     /// Padding after extension data is zero.

@@ -1,0 +1,100 @@
+//! DATA-NO-REFCOUNT and DATA-RAW-IMAGE on the qemu-made `data-file-raw`
+//! golden and the data file beside it.
+
+use qcow2_format::features::{AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_BIT2};
+use qcow2_format::rules::{DATA_NO_REFCOUNT, DATA_RAW_IMAGE};
+use qcow2_image::BackingMode;
+
+use super::guest_model::{guest_disk, Until};
+use super::{duty, golden, open, same, seen, DutyCase};
+use crate::case_report::CaseKind::{Negative, Positive};
+use crate::evaluate::evaluate;
+use crate::mutate::edit_area;
+
+/// The golden's data file, from its stored sparse hex.
+fn data_file(name: &str) -> Result<Vec<u8>, String> {
+    let path = crate::corpus::golden_dir().join(format!("{name}.data.hex"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::sparse_hex::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The data file read alone is the guest disk the recorded commands made.
+fn compare_raw(data: &[u8]) -> Result<String, String> {
+    let want = guest_disk("data-file-raw", Until::End)?;
+    same("the data file read alone", data, &want)?;
+    Ok(format!(
+        "the data file alone is the guest disk ({} non-zero bytes)",
+        want.iter().filter(|&&b| b != 0).count()
+    ))
+}
+
+/// Our check of the image file finds nothing, although its L2 entries
+/// name offsets that, in the image file, hold its own metadata: the guest
+/// clusters are the data file's and carry no refcount here.
+fn compare_check(bytes: &[u8]) -> Result<String, String> {
+    let eval = evaluate(bytes);
+    if !eval.fatal.is_empty() || !eval.triggered().is_empty() {
+        return Err(format!("check: {}", eval.describe()));
+    }
+    Ok("no finding: no refcount is owed for the data file's clusters".into())
+}
+
+pub(super) fn cases() -> Vec<DutyCase> {
+    vec![
+        duty(
+            DATA_NO_REFCOUNT,
+            Positive,
+            "check of an image whose L2 entries map every guest cluster into its data file",
+            "data-file-raw",
+            |i| compare_check(&golden(i, "data-file-raw")?),
+        ),
+        duty(
+            DATA_NO_REFCOUNT,
+            Negative,
+            "a check that counts the data file's clusters in the image file",
+            "data-file-raw",
+            |i| {
+                // Without bit 2 and the extension the same L2 entries name
+                // clusters of the image file, as a check unaware of the
+                // data file would count them.
+                let b = edit_area(&golden(i, "data-file-raw")?, |a| {
+                    a.header.incompatible_features &= !INCOMPAT_BIT2;
+                    a.header.autoclear_features &= !AUTOCLEAR_DATA_FILE_RAW;
+                    a.chain.extensions.retain(|e| {
+                        !matches!(e, qcow2_format::extensions::Extension::ExternalDataFile(_))
+                    });
+                })?;
+                seen(compare_check(&b))
+            },
+        ),
+        duty(
+            DATA_RAW_IMAGE,
+            Positive,
+            "the data file of data-file-raw after data and zero writes",
+            "data-file-raw",
+            |_| compare_raw(&data_file("data-file-raw")?),
+        ),
+        duty(
+            DATA_RAW_IMAGE,
+            Positive,
+            "the engine, which does not write data files, refuses to open one",
+            "data-file-raw",
+            |i| match open(&golden(i, "data-file-raw")?, true, BackingMode::Ignore) {
+                Ok(_) => Err("the engine opened a raw data file image for writing".into()),
+                Err(e) => Ok(format!("refused: {e}")),
+            },
+        ),
+        duty(
+            DATA_RAW_IMAGE,
+            Negative,
+            "a zero write kept in the L2 table only",
+            "data-file-raw",
+            |_| {
+                let mut data = data_file("data-file-raw")?;
+                // What the data file held before `write -z 128k 4k`.
+                data[128 << 10..132 << 10].fill(0x5c);
+                seen(compare_raw(&data))
+            },
+        ),
+    ]
+}
