@@ -34,6 +34,15 @@ impl Golden {
     pub(crate) fn file(&self) -> String {
         format!("{}.qcow2", self.name)
     }
+
+    /// Appends one `qemu-io -c WRITE` on the image per entry of `writes`.
+    fn qemu_io(&mut self, writes: &[&str]) {
+        let file = self.file();
+        for w in writes {
+            self.post
+                .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &file]));
+        }
+    }
 }
 
 /// `qemu-img create -f qcow2 [-o OPTS] FILE [SIZE]` for the image `name`.
@@ -117,14 +126,11 @@ pub(crate) fn catalogue() -> Vec<Golden> {
     dfr.companions.push("data-file-raw.data");
     // With data_file_raw the data file alone must stay the guest disk: a
     // zero write reaches the data file too, not only the L2 table.
-    for w in [
+    dfr.qemu_io(&[
         "write -P 0x5b 64k 8k",
         "write -P 0x5c 128k 64k",
         "write -z 128k 4k",
-    ] {
-        dfr.post
-            .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &dfr.file()]));
-    }
+    ]);
     all.push(dfr);
     let mut bm = create("bitmaps", "", Some("1M"));
     bm.post
@@ -139,14 +145,7 @@ pub(crate) fn catalogue() -> Vec<Golden> {
         "b1",
     ]));
     // A write while b0 is enabled gives it a data cluster; b1 stays empty.
-    bm.post.push(strings(&[
-        QEMU_IO,
-        "-f",
-        "qcow2",
-        "-c",
-        "write -P 0x11 0 64k",
-        "bitmaps.qcow2",
-    ]));
+    bm.qemu_io(&["write -P 0x11 0 64k"]);
     all.push(bm);
     all.extend([
         create("prealloc-metadata", "preallocation=metadata", Some("1M")),
@@ -209,10 +208,7 @@ pub(crate) fn catalogue() -> Vec<Golden> {
     ];
     for (name, opts, writes) in data {
         let mut g = create(name, opts, Some("4M"));
-        for w in writes {
-            g.post
-                .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &g.file()]));
-        }
+        g.qemu_io(writes);
         all.push(g);
     }
     // A backing chain with data on both levels. The overlay is larger than
@@ -221,10 +217,7 @@ pub(crate) fn catalogue() -> Vec<Golden> {
     // file's, a zero cluster hides backing data, and reads past the
     // backing file's end give zeros.
     let mut base = create("chain-base", "cluster_size=4K", Some("256K"));
-    for w in ["write -P 0x22 0 32k", "write -P 0x23 200k 8k"] {
-        base.post
-            .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &base.file()]));
-    }
+    base.qemu_io(&["write -P 0x22 0 32k", "write -P 0x23 200k 8k"]);
     all.push(base);
     let mut top = overlay(
         "chain-top",
@@ -233,28 +226,22 @@ pub(crate) fn catalogue() -> Vec<Golden> {
         "qcow2",
     );
     top.create.push("512K".to_string());
-    for w in [
+    top.qemu_io(&[
         "write -P 0x33 1k 1k",
         "write -z 16k 16k",
         "write -P 0x44 300k 1k",
-    ] {
-        top.post
-            .push(strings(&[QEMU_IO, "-f", "qcow2", "-c", w, &top.file()]));
-    }
+    ]);
     all.push(top);
     // An internal snapshot sharing a cluster with the active image, written
     // again after the snapshot (a copy-on-write by QEMU); and the same
     // image with the snapshot loaded. Snapshot dates differ per run
-    // (golden_store::TIMED).
+    // (golden_store::KEYED).
     for (name, apply) in [("snapshot", false), ("snapshot-applied", true)] {
         let mut g = create(name, "cluster_size=4K", Some("1M"));
         let file = g.file();
-        g.post.extend([
-            strings(&[QEMU_IO, "-f", "qcow2", "-c", "write -P 0x61 0 8k", &file]),
-            strings(&[QEMU_IO, "-f", "qcow2", "-c", "write -P 0x63 64k 4k", &file]),
-            strings(&["snapshot", "-c", "s0", &file]),
-            strings(&[QEMU_IO, "-f", "qcow2", "-c", "write -P 0x62 0 4k", &file]),
-        ]);
+        g.qemu_io(&["write -P 0x61 0 8k", "write -P 0x63 64k 4k"]);
+        g.post.push(strings(&["snapshot", "-c", "s0", &file]));
+        g.qemu_io(&["write -P 0x62 0 4k"]);
         if apply {
             g.post.push(strings(&["snapshot", "-a", "s0", &file]));
         }

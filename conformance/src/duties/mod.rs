@@ -176,3 +176,14 @@ pub(crate) fn same(what: &str, got: &[u8], want: &[u8]) -> Result<(), String> {
 pub(crate) fn golden(images: &[TestImage], name: &str) -> Result<Vec<u8>, String> {
     crate::corpus::find(images, name).map(|i| i.bytes.clone())
 }
+
+/// `Ok` when the suite finds nothing of any rule in `bytes` (header,
+/// tables, the engine's check), else what it found, after `when`.
+pub(crate) fn clean(bytes: &[u8], when: &str) -> Result<(), String> {
+    let eval = crate::evaluate::evaluate(bytes);
+    if eval.triggered().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{when}: {}", eval.describe()))
+    }
+}

@@ -8,11 +8,19 @@ use qcow2_format::HeaderArea;
 use super::{case, CaseInput, NegativeCase};
 use crate::mutate::put_u32;
 
-/// Bytes 8-39 of the LUKS header hold the cipher name, 40-71 the mode and
-/// 72-103 the hash, NUL padded.
-fn put_text(b: &mut [u8], at: usize, len: usize, text: &str) {
-    b[at..at + len].fill(0);
-    b[at..at + text.len()].copy_from_slice(text.as_bytes());
+/// The LUKS golden with the 32-byte NUL-padded text field at `at` of its
+/// header set to `text`: bytes 8-39 hold the cipher name, 40-71 the mode
+/// and 72-103 the hash.
+fn luks_text(
+    images: &[crate::corpus::TestImage],
+    at: usize,
+    text: &'static str,
+) -> Result<CaseInput, String> {
+    luks(images, |b, area| {
+        b[area + at..area + at + 32].fill(0);
+        b[area + at..area + at + text.len()].copy_from_slice(text.as_bytes());
+        Ok(())
+    })
 }
 
 pub(super) fn cases() -> Vec<NegativeCase> {
@@ -72,23 +80,12 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             },
         ),
         case(ENC_LUKS_CIPHER, "cipher name rot13", |i| {
-            luks(i, |b, area| {
-                put_text(b, area + 8, 32, "rot13");
-                Ok(())
-            })
+            luks_text(i, 8, "rot13")
         }),
         case(ENC_LUKS_CIPHER, "IV generator plain65", |i| {
-            luks(i, |b, area| {
-                put_text(b, area + 40, 32, "xts-plain65");
-                Ok(())
-            })
+            luks_text(i, 40, "xts-plain65")
         }),
-        case(ENC_LUKS_CIPHER, "hash crc32", |i| {
-            luks(i, |b, area| {
-                put_text(b, area + 72, 32, "crc32");
-                Ok(())
-            })
-        }),
+        case(ENC_LUKS_CIPHER, "hash crc32", |i| luks_text(i, 72, "crc32")),
         case(ENC_LUKS_CIPHER, "a 40-byte key for AES-XTS", |i| {
             luks(i, |b, area| {
                 put_u32(b, area + 108, 40);

@@ -109,6 +109,11 @@ fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Resu
                 ));
             }
         }
+        Consequence::Duty => {
+            return Err(format!(
+                "{rule} is a duty rule: its cases are conformance/src/duties, not negatives"
+            ))
+        }
         Consequence::IgnoreKeep => {
             let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
             let grown = area.header.size + (1u64 << area.header.cluster_bits);
@@ -171,4 +176,42 @@ fn every_negative_case_has_its_consequence_through_the_cli() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The read duties (READ-MAPPING, READ-UNALLOCATED) through the command
+/// line: `qcow2 convert -O raw` of each golden the duty cases read gives
+/// the guest disk its recorded qemu-io commands describe, the backing file
+/// of chain-top found next to it.
+#[test]
+fn the_read_duties_hold_through_qcow2_convert() {
+    use qcow2_conformance::duties::guest_model::{guest_disk, Until};
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("read-duties");
+    qcow2_conformance::corpus::materialize_golden(&dir).expect("goldens");
+    let names = [
+        "data-v2",
+        "data-v3",
+        "data-extended-l2",
+        "data-512",
+        "compressed-zlib",
+        "compressed-zstd",
+        "snapshot",
+        "chain-base",
+        "chain-top",
+    ];
+    for name in names {
+        let raw = format!("{name}.raw");
+        let out = tools::qcow2(
+            &dir,
+            &["convert", "-O", "raw", &format!("{name}.qcow2"), &raw],
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let got = std::fs::read(dir.join(&raw)).unwrap();
+        let want = guest_disk(name, Until::End).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}: length");
+        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert_eq!(
+            at, None,
+            "{name}: converted disk differs from the recorded writes"
+        );
+    }
 }

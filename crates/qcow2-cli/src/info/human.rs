@@ -53,6 +53,7 @@ fn qemu_lines(out: &mut String, info: &ImageInfo) -> fmt::Result {
             writeln!(out, "backing file format: {format}")?;
         }
     }
+    super::snapshot_list::render(out, &info.snapshots)?;
     format_specific(out, info)
 }
 
@@ -73,6 +74,10 @@ fn format_specific(out: &mut String, info: &ImageInfo) -> fmt::Result {
         "{i1}refcount bits: {}",
         info.area.header.refcount_bits()
     )?;
+    if info.aes() {
+        writeln!(out, "{INDENT}encrypt:")?;
+        writeln!(out, "{INDENT}{INDENT}format: aes")?;
+    }
     if let Some(luks) = &info.luks {
         encrypt(out, luks)?;
     }

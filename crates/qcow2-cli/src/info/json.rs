@@ -8,10 +8,21 @@ use serde::Serialize;
 
 use super::model::ImageInfo;
 
+/// `format-specific.data.encrypt`: the LUKS header's description, or the
+/// bare format name of the legacy AES method.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Encrypt {
+    Luks(super::luks_summary::Encrypt),
+    Aes { format: &'static str },
+}
+
 /// The top-level object.
 #[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct Info<'a> {
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    snapshots: &'a [super::snapshot_list::SnapshotInfo],
     virtual_size: u64,
     filename: &'a str,
     cluster_size: u64,
@@ -48,7 +59,7 @@ struct Qcow2Data<'a> {
     bitmaps: Vec<Bitmap<'a>>,
     refcount_bits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    encrypt: Option<super::luks_summary::Encrypt>,
+    encrypt: Option<Encrypt>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_file: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +130,7 @@ fn build(info: &ImageInfo) -> Info<'_> {
         None => (None, None, None),
     };
     Info {
+        snapshots: &info.snapshots,
         virtual_size: info.virtual_size(),
         filename: &info.filename,
         cluster_size: info.cluster_size(),
@@ -153,7 +165,10 @@ fn data(info: &ImageInfo) -> Qcow2Data<'_> {
             })
             .collect(),
         refcount_bits: info.area.header.refcount_bits(),
-        encrypt: info.luks.as_ref().map(super::luks_summary::Encrypt::of),
+        encrypt: match &info.luks {
+            Some(luks) => Some(Encrypt::Luks(super::luks_summary::Encrypt::of(luks))),
+            None => info.aes().then_some(Encrypt::Aes { format: "aes" }),
+        },
         data_file: info.area.data_file(),
         data_file_raw: info.data_file_raw(),
         corrupt: v3(features.corrupt()),

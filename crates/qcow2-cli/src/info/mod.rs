@@ -4,6 +4,7 @@ mod human;
 mod json;
 mod luks_summary;
 mod model;
+mod snapshot_list;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -25,11 +26,13 @@ pub enum OutputFormat {
 const JSON_HELP: &str = "\
 JSON output:
   Keys follow `qemu-img info --output=json` for every field both tools know:
-  virtual-size, filename, cluster-size, format, actual-size, encrypted,
-  dirty-flag, backing-filename, full-backing-filename, backing-filename-format,
-  and format-specific {type: \"qcow2\", data: {compat, compression-type,
-  lazy-refcounts, bitmaps [{flags, name, granularity}], refcount-bits,
-  data-file, data-file-raw, corrupt, extended-l2}}, each omitted in the same
+  snapshots [{id, name, vm-state-size, date-sec, date-nsec, vm-clock-sec,
+  vm-clock-nsec, icount}], virtual-size, filename, cluster-size, format,
+  actual-size, encrypted, dirty-flag, backing-filename,
+  full-backing-filename, backing-filename-format, and format-specific
+  {type: \"qcow2\", data: {compat, compression-type, lazy-refcounts,
+  bitmaps [{flags, name, granularity}], refcount-bits, encrypt, data-file,
+  data-file-raw, corrupt, extended-l2}}, each omitted in the same
   cases as qemu-img (compat 0.10 images have no lazy-refcounts, corrupt or
   extended-l2). qemu-img's \"children\" list is not produced.
 

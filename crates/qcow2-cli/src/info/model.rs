@@ -30,6 +30,8 @@ pub struct ImageInfo {
     /// Deduplication numbers, when the image has a dedup table that could
     /// be read.
     pub dedup_stats: Option<qcow2_dedup::DedupStats>,
+    /// The internal snapshots, when the snapshot table parses.
+    pub snapshots: Vec<super::snapshot_list::SnapshotInfo>,
 }
 
 /// The backing file, as named and as QEMU would resolve it.
@@ -65,6 +67,7 @@ impl ImageInfo {
             _ => Vec::new(),
         };
         let luks = luks_header(&mut file, &area);
+        let snapshots = super::snapshot_list::read(&mut file, &area);
         let dedup_stats = area.dedup().and_then(|_| {
             let storage = qcow2_io::FileStorage::open(path, false).ok()?;
             qcow2_dedup::stats(&storage, &area).ok()
@@ -78,6 +81,7 @@ impl ImageInfo {
             assessment,
             bitmaps,
             luks,
+            snapshots,
         })
     }
 
@@ -108,6 +112,11 @@ impl ImageInfo {
     /// The compression type of the header (images without the field use zlib).
     pub fn compression_type(&self) -> &'static str {
         self.area.header.compression().map_or("zlib", |c| c.name())
+    }
+
+    /// Whether the image uses the legacy AES encryption (crypt_method 1).
+    pub fn aes(&self) -> bool {
+        self.area.header.crypt_method == CryptMethod::Aes.to_raw()
     }
 
     /// Whether the image is encrypted (AES or LUKS).
