@@ -89,6 +89,11 @@ pub fn report(case: &DutyCase, images: &[TestImage]) -> CaseReport {
         Ok(what) => (true, what),
         Err(why) => (false, why),
     };
+    // What the comparison reported is a negative's finding.
+    let findings = match case.kind {
+        CaseKind::Negative if passed => vec![format!("{}: {observed}", case.rule)],
+        _ => Vec::new(),
+    };
     CaseReport {
         kind: case.kind,
         name: case.name.to_string(),
@@ -99,7 +104,7 @@ pub fn report(case: &DutyCase, images: &[TestImage]) -> CaseReport {
                 format!("the comparison reports the planted breach of {}", case.rule)
             }
         },
-        findings: Vec::new(),
+        findings,
         observed,
         passed,
     }

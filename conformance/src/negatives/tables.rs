@@ -159,22 +159,17 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 let mut b = plain(i)?;
                 // An empty L1 table of its own, one entry for the 64 MiB disk.
                 let l1 = append_counted(&mut b, 65536, &[0; 8])?;
-                let mut entry = vec![0u8; 40];
-                put_u64(&mut entry, 0, l1);
-                put_u32(&mut entry, 8, 1);
-                put_u32(&mut entry, 12, 0x0001_0001); // id_str_size 1, name_size 1
-                put_u32(&mut entry, 36, 8); // extra_data_size
-                entry.extend_from_slice(&[0; 8]);
-                entry.extend_from_slice(b"1a");
-                entry.resize(entry.len().div_ceil(8) * 8, 0);
-                let at = append_counted(&mut b, 65536, &entry)?;
-                edit_area(&b, |a| {
-                    a.header.nb_snapshots = 1;
-                    a.header.snapshots_offset.0 = at;
-                })
-                .map(CaseInput::Bytes)
+                plain_with_snapshot(b, l1, 1, &[0; 8])
             },
         ),
+        // The check counts no L1 table it cannot trust (as qemu-img check),
+        // so these name no cluster and break nothing else.
+        case(SNAP_ENTRY, "snapshot L1 table offset off by 512", |i| {
+            plain_with_snapshot(plain(i)?, 0x30200, 1, &v3_extra())
+        }),
+        case(SNAP_ENTRY, "snapshot L1 table of 4,194,305 entries", |i| {
+            plain_with_snapshot(plain(i)?, 0x30000, 4_194_305, &v3_extra())
+        }),
         case(SNAP_VMSTATE, "one byte of VM state past a full L1", |i| {
             first_snapshot(i, |b, at| {
                 // The 64-bit VM state size, the first field of the extra data.
@@ -238,4 +233,35 @@ fn first_snapshot(
     }
     edit(&mut b, a.header.snapshots_offset.get() as usize)?;
     Ok(CaseInput::Bytes(b))
+}
+
+/// Version 3 snapshot extra data: no VM state, the plain image's 64 MiB disk.
+fn v3_extra() -> Vec<u8> {
+    let mut extra = vec![0u8; 16];
+    put_u64(&mut extra, 8, 64 << 20);
+    extra
+}
+
+/// The plain image `b` with one snapshot (ID "1", name "a") whose L1 table
+/// is `l1_size` entries at `l1_offset`, with `extra` as its extra data.
+fn plain_with_snapshot(
+    mut b: Vec<u8>,
+    l1_offset: u64,
+    l1_size: u32,
+    extra: &[u8],
+) -> Result<CaseInput, String> {
+    let mut entry = vec![0u8; 40];
+    put_u64(&mut entry, 0, l1_offset);
+    put_u32(&mut entry, 8, l1_size);
+    put_u32(&mut entry, 12, 0x0001_0001); // id_str_size 1, name_size 1
+    put_u32(&mut entry, 36, extra.len() as u32);
+    entry.extend_from_slice(extra);
+    entry.extend_from_slice(b"1a");
+    entry.resize(entry.len().div_ceil(8) * 8, 0);
+    let at = append_counted(&mut b, 65536, &entry)?;
+    edit_area(&b, |a| {
+        a.header.nb_snapshots = 1;
+        a.header.snapshots_offset.0 = at;
+    })
+    .map(CaseInput::Bytes)
 }

@@ -113,7 +113,7 @@ pub fn check_values(header: &LuksHeader, at: u64, area_len: u64) -> Vec<FormatEr
     }
     if let Some((name, lengths)) = cipher {
         // XTS splits the master key into two keys of the cipher.
-        let xts = header.cipher_mode.starts_with("xts-");
+        let xts = header.cipher_mode.split('-').next() == Some("xts");
         let one = if xts {
             header.key_bytes / 2
         } else {
@@ -242,9 +242,9 @@ mod tests {
     const ENC_CIPHER_CASES: [(Edit, u64); 7] = [
         (|h| h.cipher_name = "rot13".into(), 8),
         (|h| h.cipher_mode = "xts-plain65".into(), 40),
-        (|h| h.cipher_mode = "cfb-plain64".into(), 40),
-        (|h| h.cipher_mode = "cbc".into(), 40),
-        (|h| h.cipher_mode = "cbc-essiv".into(), 40),
+        (|h| h.cipher_mode = "xts-essiv:crc32".into(), 40),
+        (|h| h.cipher_mode = "xts".into(), 40),
+        (|h| h.cipher_mode = "xts-essiv".into(), 40),
         (|h| h.hash_spec = "crc32".into(), 72),
         (|h| h.key_bytes = 40, 108),
     ];
