@@ -139,6 +139,13 @@ fn lazy_refcounts_on_off_and_dirty() {
     assert_eq!(specific(d, "dirty.qcow2")["lazy-refcounts"], false);
     io(d, "dirty.qcow2", &["read -P 0x55 0 512k"]);
 
+    // iotest 061: a downgrade of a dirty image repairs it first, and the
+    // version 2 result has no dirty bit to carry.
+    copy(d, "dirty-orig.qcow2", "dirty-down.qcow2");
+    amend_ok(d, "dirty-down.qcow2", "compat=0.10", "dirty-orig.qcow2");
+    assert_eq!(specific(d, "dirty-down.qcow2")["compat"], "0.10");
+    io(d, "dirty-down.qcow2", &["read -P 0x55 0 512k"]);
+
     // Version 2 has no lazy refcounts.
     create(d, "v2.qcow2", "compat=0.10", &[]);
     amend_refused(d, "v2.qcow2", "lazy_refcounts=on", "Lazy refcounts");
@@ -331,4 +338,37 @@ fn unknown_extension_survives_every_amend() {
     }
     // A refused amend keeps it too (and everything else).
     amend_refused(d, "u.qcow2", "compat=0.10", "refcount_bits=16");
+}
+
+/// iotest 061: a downgrade drops unknown compatible and autoclear bits,
+/// which version 2 cannot hold (qemu-img does the same).
+#[test]
+fn downgrade_drops_unknown_compatible_and_autoclear_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    create(d, "u.qcow2", "cluster_size=64k", &[]);
+    io(d, "u.qcow2", DATA);
+    // Compatible bit 42 and autoclear bit 42: unknown to both tools.
+    let mut bytes = std::fs::read(d.join("u.qcow2")).unwrap();
+    bytes[80 + 2] |= 0x04;
+    bytes[88 + 2] |= 0x04;
+    std::fs::write(d.join("u.qcow2"), &bytes).unwrap();
+    copy(d, "u.qcow2", "u-orig.qcow2");
+    copy(d, "u.qcow2", "u-qemu.qcow2");
+    ok(
+        "qemu-img amend",
+        &qemu_img(
+            d,
+            &["amend", "-f", "qcow2", "-o", "compat=0.10", "u-qemu.qcow2"],
+        ),
+    );
+    amend_ok(d, "u.qcow2", "compat=0.10", "u-orig.qcow2");
+    // Both are version 2 (a header without feature fields) and hold the
+    // same disk.
+    for file in ["u.qcow2", "u-qemu.qcow2"] {
+        let b = std::fs::read(d.join(file)).unwrap();
+        assert_eq!(u32::from_be_bytes(b[4..8].try_into().unwrap()), 2, "{file}");
+    }
+    let cmp = qemu_img(d, &["compare", "u.qcow2", "u-qemu.qcow2"]);
+    assert_eq!(cmp.status.code(), Some(0), "{}", stdout(&cmp));
 }

@@ -26,6 +26,15 @@ pub(crate) fn run(
         total_clusters: total_clusters(&img),
         ..CheckReport::default()
     };
+    if img.no_refcount_table() {
+        report.corruption(
+            Some(48),
+            qcow2_format::rules::HDR_REFTABLE_CLUSTERS,
+            "the image has no refcount table (offset 0, 0 clusters): every refcount reads as 0; \
+             `check -r all` rebuilds it"
+                .into(),
+        );
+    }
     let walked = walk(&img, &mut report, extra, true)?;
     let mut stored = Stored::load(&img)?;
     let before_compare = report.clone();

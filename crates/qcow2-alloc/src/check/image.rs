@@ -41,7 +41,34 @@ impl std::fmt::Debug for Image<'_> {
     }
 }
 
+/// The header's verdict, accepting one refusal a check must get past: no
+/// refcount table at all (offset 0 and 0 clusters, iotest 108), which the
+/// walk reports and repair rebuilds. Every other fatal finding stops it.
+fn assess(area: &HeaderArea) -> CheckResult<qcow2_format::Assessment> {
+    let refused = match area.assess(None) {
+        Ok(a) => return Ok(a),
+        Err(e) => e,
+    };
+    let h = &area.header;
+    if h.refcount_table_offset.get() != 0 || h.refcount_table_clusters != 0 {
+        return Err(refused.into());
+    }
+    let tolerated = |e: &FormatError| {
+        e.rule == rules::HDR_REFTABLE_OFFSET || e.rule == rules::HDR_REFTABLE_CLUSTERS
+    };
+    match area.assess_all(None) {
+        (Some(a), fatal) if fatal.iter().all(tolerated) => Ok(a),
+        _ => Err(refused.into()),
+    }
+}
+
 impl<'a> Image<'a> {
+    /// Whether the header names no refcount table at all.
+    pub(crate) fn no_refcount_table(&self) -> bool {
+        let h = &self.area.header;
+        h.refcount_table_offset.get() == 0 && h.refcount_table_clusters == 0
+    }
+
     /// Reads and validates the header area.
     pub fn open(storage: &'a dyn Storage) -> CheckResult<Self> {
         let file_len = storage
@@ -55,7 +82,7 @@ impl<'a> Image<'a> {
             .read_at(&mut first, 0)
             .map_err(|e| CheckError::io("reading the header", 0, e))?;
         let area = HeaderArea::parse(&first)?;
-        let assessment = area.assess(None)?;
+        let assessment = assess(&area)?;
         let geo = assessment.geometry;
         let header = &area.header;
         let order = RefcountOrder::new(header.refcount_order).ok_or_else(|| {
