@@ -161,19 +161,28 @@ fn streams_are_packed_into_shared_host_clusters() {
 
 #[test]
 fn incompressible_clusters_are_stored_plain() {
-    let o = CreateOptions::new(1 << 20);
-    let cs = o.cluster_size as usize;
-    let storage = Arc::new(MemoryStorage::new());
-    let image = Image::create(storage.clone(), &o, BackingMode::Ignore).expect("create");
-    let data = random(cs, 3);
-    image.write_compressed(&data, 0).expect("write");
-    let status = image.block_status(0, cs as u64).expect("status");
-    assert!(
-        matches!(status[0].kind, ExtentKind::Data { offset: Some(_) }),
-        "{status:?}"
-    );
-    let mut stream = Vec::new();
-    assert_eq!(image.compress_cluster(&data, &mut stream).unwrap(), None);
+    // zlib, and zstd (compression type 1, iotest 287).
+    for compression_type in [0, 1] {
+        let o = CreateOptions {
+            compression_type,
+            ..CreateOptions::new(1 << 20)
+        };
+        let cs = o.cluster_size as usize;
+        let storage = Arc::new(MemoryStorage::new());
+        let image = Image::create(storage.clone(), &o, BackingMode::Ignore).expect("create");
+        let data = random(cs, 3);
+        image.write_compressed(&data, 0).expect("write");
+        let status = image.block_status(0, cs as u64).expect("status");
+        assert!(
+            matches!(status[0].kind, ExtentKind::Data { offset: Some(_) }),
+            "type {compression_type}: {status:?}"
+        );
+        let mut back = vec![0u8; cs];
+        image.read_at(&mut back, 0).expect("read");
+        assert_eq!(back, data, "type {compression_type}");
+        let mut stream = Vec::new();
+        assert_eq!(image.compress_cluster(&data, &mut stream).unwrap(), None);
+    }
 }
 
 #[test]

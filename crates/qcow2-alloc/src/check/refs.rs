@@ -96,10 +96,11 @@ impl<'r> Counter<'r> {
         for cluster in first..=last {
             let lost = self.map.add(cluster, times, r.role, self.max);
             if lost > 0 {
+                // The reference is sound; the refcount cannot count it.
                 self.report.record(
                     FindingKind::Corruption,
                     Some(cluster * self.cluster_size),
-                    Some(r.rule),
+                    Some(qcow2_format::rules::RC_MATCH),
                     format!(
                         "refcount of cluster {cluster} would overflow (largest refcount {}) counting {}",
                         self.max, r.what
