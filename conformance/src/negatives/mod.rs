@@ -1,6 +1,7 @@
 //! Negative cases: each takes an image of the corpus and breaks exactly one rule.
 
 mod bitmaps;
+mod clauses;
 mod dedup;
 mod encryption;
 mod engine;
@@ -41,7 +42,7 @@ pub struct NegativeCase {
 
 /// Every negative case of the suite.
 pub fn all() -> Vec<NegativeCase> {
-    let modules: [(&'static str, Vec<NegativeCase>); 8] = [
+    let modules: [(&'static str, Vec<NegativeCase>); 9] = [
         ("conformance/src/negatives/header.rs", header::cases()),
         (
             "conformance/src/negatives/extensions.rs",
@@ -56,6 +57,7 @@ pub fn all() -> Vec<NegativeCase> {
         ("conformance/src/negatives/engine.rs", engine::cases()),
         ("conformance/src/negatives/dedup.rs", dedup::cases()),
         ("conformance/src/negatives/bitmaps.rs", bitmaps::cases()),
+        ("conformance/src/negatives/clauses.rs", clauses::cases()),
     ];
     modules
         .into_iter()

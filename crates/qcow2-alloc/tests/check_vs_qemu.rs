@@ -285,7 +285,9 @@ fn more_references_than_the_refcount_width_holds() {
     let ours = assert_same_as_qemu(dir.path(), "i112.qcow2");
     assert!(ours.corruptions > 0, "{:#?}", ours.findings);
     assert!(
-        ours.findings.iter().any(|f| f.rule == Some(rules::RC_MATCH)),
+        ours.findings
+            .iter()
+            .any(|f| f.rule == Some(rules::RC_MATCH)),
         "{:#?}",
         ours.findings
     );

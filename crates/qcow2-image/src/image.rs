@@ -410,7 +410,9 @@ pub fn read_area(storage: &dyn Storage) -> Result<HeaderArea> {
     let file_len = storage
         .len()
         .map_err(|e| ImageError::io("reading the file length", 0, e))?;
-    let mut first = vec![0u8; file_len.clamp(72, 2 << 20) as usize];
+    // Never padded: a file shorter than its header is refused (HDR-LENGTH),
+    // not read as if zeros followed it.
+    let mut first = vec![0u8; file_len.min(2 << 20) as usize];
     storage
         .read_at(&mut first, 0)
         .map_err(|e| ImageError::io("reading the header", 0, e))?;

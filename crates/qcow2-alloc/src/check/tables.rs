@@ -192,6 +192,19 @@ pub(crate) fn l2_table(
                 times,
             );
         }
+        if img.extended_l2 && kind != ClusterType::Compressed && entry & L2_ZERO != 0 {
+            // Zeros are the subcluster bitmap's business: QEMU ignores the bit.
+            counter.report.record(
+                FindingKind::Note,
+                Some(at),
+                Some(rules::L2_ZERO_FLAG),
+                format!(
+                    "L2 entry {entry:#x} has the zero flag (bit 0), which has no meaning with \
+                     extended L2 entries and is ignored"
+                ),
+                times,
+            );
+        }
         if kind != ClusterType::Compressed && entry & L2_RESERVED_MASK != 0 {
             corrupt(
                 counter,
