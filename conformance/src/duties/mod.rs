@@ -18,6 +18,7 @@ pub mod encrypted;
 pub mod guest_model;
 pub mod raw_map;
 pub mod reads;
+pub mod snapshot_load;
 pub mod writes;
 
 use std::sync::Arc;
@@ -58,6 +59,10 @@ pub fn all() -> Vec<DutyCase> {
     [
         ("conformance/src/duties/reads.rs", reads::cases()),
         ("conformance/src/duties/writes.rs", writes::cases()),
+        (
+            "conformance/src/duties/snapshot_load.rs",
+            snapshot_load::cases(),
+        ),
         (
             "conformance/src/duties/bitmap_bits.rs",
             bitmap_bits::cases(),

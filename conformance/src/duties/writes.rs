@@ -1,8 +1,7 @@
-//! RC-COW and SNAP-LOAD on the qemu-made `snapshot` goldens: a write to a
-//! cluster a snapshot shares leaves the snapshot as it was, and a loaded
-//! snapshot is the active image with its COPIED flags recomputed.
+//! RC-COW on the qemu-made `snapshot` goldens: a write to a data cluster or
+//! an L2 table a snapshot shares leaves the snapshot as it was.
 
-use qcow2_format::rules::{RC_COW, SNAP_LOAD};
+use qcow2_format::rules::RC_COW;
 use qcow2_format::HeaderArea;
 use qcow2_image::BackingMode;
 
@@ -12,21 +11,46 @@ use super::{clean, duty, golden, open, read_all, same, seen, DutyCase};
 use crate::case_report::CaseKind::{Negative, Positive};
 use crate::mutate::{get_u64, put_u64};
 
-/// The guest range the cases write: a cluster written before the snapshot
-/// and not since, so the snapshot and the active image share it.
-const WRITE_AT: u64 = 64 << 10;
-const WRITE_LEN: usize = 4096;
+/// The guest cluster the cases write: written before the snapshot and not
+/// since, so the snapshot and the active image share it.
+const SHARED_AT: u64 = 64 << 10;
 const WRITE_BYTE: u8 = 0x71;
+
+/// A write of [`WRITE_BYTE`] over `len` bytes at `at`, and the golden whose
+/// recorded commands give the disk before it.
+#[derive(Clone, Copy)]
+struct Write {
+    golden: &'static str,
+    at: u64,
+    len: usize,
+}
+
+const WHOLE: Write = Write {
+    golden: "snapshot",
+    at: SHARED_AT,
+    len: 4096,
+};
+const PARTIAL: Write = Write {
+    golden: "snapshot",
+    at: SHARED_AT + 1024,
+    len: 1024,
+};
+/// After `snapshot -a` the active image shares the snapshot's L2 table too.
+const SHARED_L2: Write = Write {
+    golden: "snapshot-applied",
+    at: SHARED_AT,
+    len: 4096,
+};
 
 /// The header area, cluster bits and first snapshot's L1 table (offset,
 /// entries) and disk size.
-struct Layout {
-    area: HeaderArea,
-    snapshot_l1: (u64, u32),
-    snapshot_size: u64,
+pub(super) struct Layout {
+    pub area: HeaderArea,
+    pub snapshot_l1: (u64, u32),
+    pub snapshot_size: u64,
 }
 
-fn layout(bytes: &[u8]) -> Result<Layout, String> {
+pub(super) fn layout(bytes: &[u8]) -> Result<Layout, String> {
     let area = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
     if area.header.nb_snapshots == 0 {
         return Err("the image has no snapshot".into());
@@ -48,12 +72,13 @@ fn layout(bytes: &[u8]) -> Result<Layout, String> {
     })
 }
 
-/// After a write of [`WRITE_BYTE`] over the shared range: the active image
-/// reads the new data, the snapshot (read through its own L1 table by the
-/// suite) still holds what it held when it was taken, and no rule is broken.
-fn compare_after_write(after: &[u8]) -> Result<String, String> {
-    let mut want = guest_disk("snapshot", Until::End)?;
-    want[WRITE_AT as usize..WRITE_AT as usize + WRITE_LEN].fill(WRITE_BYTE);
+/// After write `w`: the active image reads the new data and, around it,
+/// the bytes the cluster held (the copy took them), the snapshot (read
+/// through its own L1 table by the suite) still holds what it held when
+/// it was taken, and no rule is broken (refcounts and COPIED agree).
+fn compare_after_write(after: &[u8], w: Write) -> Result<String, String> {
+    let mut want = guest_disk(w.golden, Until::End)?;
+    want[w.at as usize..w.at as usize + w.len].fill(WRITE_BYTE);
     let (image, _) = open(after, false, BackingMode::Ignore)?;
     same("the active image", &read_all(&image)?, &want)?;
     let l = layout(after)?;
@@ -70,6 +95,18 @@ fn compare_after_write(after: &[u8]) -> Result<String, String> {
     Ok("the write landed in a copy; the snapshot reads as it was taken; no finding".into())
 }
 
+/// The engine's write `w` on its golden; the image bytes after it.
+fn engine_write(images: &[crate::corpus::TestImage], w: Write) -> Result<Vec<u8>, String> {
+    let bytes = golden(images, w.golden)?;
+    shared_host(&bytes)?;
+    let (image, storage) = open(&bytes, true, BackingMode::Ignore)?;
+    image
+        .write_at(&vec![WRITE_BYTE; w.len], w.at)
+        .and_then(|()| image.close())
+        .map_err(|e| format!("the engine's write failed: {e}"))?;
+    Ok(storage.to_vec())
+}
+
 /// The active host cluster of the shared range, which must be shared.
 fn shared_host(bytes: &[u8]) -> Result<u64, String> {
     let l = layout(bytes)?;
@@ -79,7 +116,7 @@ fn shared_host(bytes: &[u8]) -> Result<u64, String> {
         h.cluster_bits,
         h.l1_table_offset.get(),
         h.l1_size,
-        WRITE_AT,
+        SHARED_AT,
     )?
     else {
         return Err("the shared range is not allocated".into());
@@ -93,45 +130,11 @@ fn shared_host(bytes: &[u8]) -> Result<u64, String> {
     Ok(host)
 }
 
-/// The active L1 entries and those of the first snapshot, COPIED masked.
-fn l1_entries(bytes: &[u8], l1: (u64, u32)) -> Vec<u64> {
-    (0..u64::from(l1.1))
-        .map(|k| {
-            let at = (l1.0 + 8 * k) as usize;
-            if at + 8 <= bytes.len() {
-                get_u64(bytes, at) & !(1 << 63)
-            } else {
-                u64::MAX
-            }
-        })
-        .collect()
-}
-
-/// A loaded snapshot: the active L1 is a copy of the snapshot's (COPIED
-/// aside), the size is the snapshot's, the disk reads as the snapshot was
-/// taken, and no rule is broken (COPIED recomputed from the refcounts).
-fn compare_load(loaded: &[u8], before: &[u8]) -> Result<String, String> {
-    let was = layout(before)?;
-    let now = layout(loaded)?;
-    let h = &now.area.header;
-    let active = l1_entries(loaded, (h.l1_table_offset.get(), h.l1_size));
-    if active != l1_entries(before, was.snapshot_l1) {
-        return Err("the active L1 table is not a copy of the snapshot's".into());
-    }
-    if h.size != was.snapshot_size {
-        return Err(format!(
-            "size {} after the load, the snapshot's is {}",
-            h.size, was.snapshot_size
-        ));
-    }
-    let (image, _) = open(loaded, false, BackingMode::Ignore)?;
-    same(
-        "the loaded image",
-        &read_all(&image)?,
-        &guest_disk("snapshot", Until::SnapshotCreate)?,
-    )?;
-    clean(loaded, "after the load")?;
-    Ok("the active L1 copies the snapshot's, the disk reads as it was, COPIED agrees".into())
+/// The L2 entry of the shared cluster in the active L2 table.
+fn shared_entry(bytes: &[u8]) -> Result<usize, String> {
+    let h = layout(bytes)?.area.header;
+    let l2 = get_u64(bytes, h.l1_table_offset.get() as usize) & 0x00ff_ffff_ffff_fe00;
+    Ok(l2 as usize + 8 * (SHARED_AT >> h.cluster_bits) as usize)
 }
 
 pub(super) fn cases() -> Vec<DutyCase> {
@@ -139,18 +142,23 @@ pub(super) fn cases() -> Vec<DutyCase> {
         duty(
             RC_COW,
             Positive,
-            "the engine writes a cluster the snapshot shares",
+            "the engine writes a whole cluster the snapshot shares",
             "snapshot",
-            |i| {
-                let bytes = golden(i, "snapshot")?;
-                shared_host(&bytes)?;
-                let (image, storage) = open(&bytes, true, BackingMode::Ignore)?;
-                image
-                    .write_at(&[WRITE_BYTE; WRITE_LEN], WRITE_AT)
-                    .and_then(|()| image.close())
-                    .map_err(|e| format!("the engine's write failed: {e}"))?;
-                compare_after_write(&storage.to_vec())
-            },
+            |i| compare_after_write(&engine_write(i, WHOLE)?, WHOLE),
+        ),
+        duty(
+            RC_COW,
+            Positive,
+            "the engine writes 1 KiB inside a cluster the snapshot shares",
+            "snapshot",
+            |i| compare_after_write(&engine_write(i, PARTIAL)?, PARTIAL),
+        ),
+        duty(
+            RC_COW,
+            Positive,
+            "the engine writes through an L2 table the snapshot shares",
+            "snapshot-applied",
+            |i| compare_after_write(&engine_write(i, SHARED_L2)?, SHARED_L2),
         ),
         duty(
             RC_COW,
@@ -160,33 +168,43 @@ pub(super) fn cases() -> Vec<DutyCase> {
             |i| {
                 let mut bytes = golden(i, "snapshot")?;
                 let host = shared_host(&bytes)? as usize;
-                bytes[host..host + WRITE_LEN].fill(WRITE_BYTE);
-                seen(compare_after_write(&bytes))
+                bytes[host..host + WHOLE.len].fill(WRITE_BYTE);
+                seen(compare_after_write(&bytes, WHOLE))
             },
         ),
         duty(
-            SNAP_LOAD,
-            Positive,
-            "qemu-img snapshot -a s0",
-            "snapshot-applied",
-            |i| compare_load(&golden(i, "snapshot-applied")?, &golden(i, "snapshot")?),
+            RC_COW,
+            Negative,
+            "a writer that copies but leaves the old cluster both references",
+            "snapshot",
+            |i| {
+                let bytes = golden(i, "snapshot")?;
+                let old = shared_host(&bytes)?;
+                let mut after = engine_write(i, WHOLE)?;
+                let bits = layout(&after)?.area.header.cluster_bits;
+                crate::mutate::set_refcount(&mut after, old >> bits, 2)?;
+                seen(compare_after_write(&after, WHOLE))
+            },
         ),
         duty(
-            SNAP_LOAD,
+            RC_COW,
             Negative,
-            "a load that keeps the COPIED flags of the copied L1 entries",
+            "a writer that repoints an entry of the shared L2 table in place",
             "snapshot-applied",
             |i| {
-                let mut b = golden(i, "snapshot-applied")?;
-                let h = layout(&b)?.area.header;
-                let l1 = h.l1_table_offset.get() as usize;
-                for k in 0..h.l1_size as usize {
-                    let e = get_u64(&b, l1 + 8 * k);
-                    if e != 0 {
-                        put_u64(&mut b, l1 + 8 * k, e | 1 << 63);
-                    }
-                }
-                seen(compare_load(&b, &golden(i, "snapshot")?))
+                let mut bytes = golden(i, "snapshot-applied")?;
+                let cs = 1u64 << layout(&bytes)?.area.header.cluster_bits;
+                let entry = shared_entry(&bytes)?;
+                // The new data in a fresh cluster, but the shared table edited.
+                let mut data = guest_disk("snapshot-applied", Until::End)?
+                    [SHARED_AT as usize..(SHARED_AT + cs) as usize]
+                    .to_vec();
+                data[..SHARED_L2.len].fill(WRITE_BYTE);
+                let fresh = crate::mutate::append_counted(&mut bytes, cs, &data)?;
+                let old = get_u64(&bytes, entry) & 0x00ff_ffff_ffff_fe00;
+                crate::mutate::adjust_refcount(&mut bytes, old, -1)?;
+                put_u64(&mut bytes, entry, fresh | 1 << 63);
+                seen(compare_after_write(&bytes, SHARED_L2))
             },
         ),
     ]

@@ -24,20 +24,9 @@ fn same_as_qemu(dir: &Path, args: &[&str]) -> (String, Option<i32>) {
     let (file, options) = args.split_last().expect("a file");
     let mut qemu_args = vec!["check"];
     qemu_args.extend(options);
-    // An encrypted golden opens in qemu-img only with its key (the secret
-    // `cargo xtask golden` makes it with); ours reads no encrypted data.
-    let image_opts = format!("driver=qcow2,file.filename={file},encrypt.key-secret=sec0");
-    let header = std::fs::read(dir.join(file)).unwrap_or_default();
-    if header.get(32..36) != Some(&[0, 0, 0, 0]) {
-        qemu_args.extend([
-            "--object",
-            "secret,id=sec0,data=golden",
-            "--image-opts",
-            &image_opts,
-        ]);
-    } else {
-        qemu_args.extend(["-f", "qcow2", file]);
-    }
+    let image_opts = encrypted_image_opts(file);
+    let file_args = qemu_file_args(dir, file);
+    qemu_args.extend(file_args.iter().map(String::as_str));
     let mut our_args = vec!["check"];
     our_args.extend(args);
     let (qemu_out, qemu_code) = outcome(&qemu_img(dir, &qemu_args));

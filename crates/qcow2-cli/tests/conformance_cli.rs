@@ -5,6 +5,7 @@
 //! exit code; fixed by `check -r all`, after which our check and `qemu-img
 //! check` are clean; kept across `resize`, `amend` and `check -r all`).
 
+mod common;
 mod tools;
 
 use std::path::Path;
@@ -58,6 +59,14 @@ fn seed_image(bytes: &[u8]) -> bool {
     HeaderArea::parse(bytes).is_ok_and(|a| a.dedup().is_some() || a.compress_format().is_some())
 }
 
+/// `qemu-img check` of `name` in `dir` (with its key when encrypted).
+fn qemu_check(dir: &Path, name: &str) -> Output {
+    let args = common::qemu_file_args(dir, name);
+    let mut all = vec!["check"];
+    all.extend(args.iter().map(String::as_str));
+    tools::qemu_img(dir, &all)
+}
+
 /// What the CLI did with a case, or why that is not the consequence.
 fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Result<(), String> {
     match expected {
@@ -81,7 +90,7 @@ fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Resu
             observe(file, bytes, rule, Consequence::Check)?;
             let out = qcow2(&["check", "-r", "all"], file);
             let (dir, name) = split(file);
-            let qemu = tools::qemu_img(dir, &["check", "-f", "qcow2", name]);
+            let qemu = qemu_check(dir, name);
             let ours = qcow2(&["check"], file);
             // qemu-img counts the clusters of the seed extensions as leaks.
             let qemu_clean = qemu.status.success() || seed_image(bytes);
@@ -99,7 +108,7 @@ fn observe(file: &Path, bytes: &[u8], rule: &str, expected: Consequence) -> Resu
             let out = qcow2(&["check"], file);
             let code = out.status.code();
             let (dir, name) = split(file);
-            let qemu = tools::qemu_img(dir, &["check", "-f", "qcow2", name]);
+            let qemu = qemu_check(dir, name);
             let qemu_code = qemu.status.code();
             if !text(&out).contains(rule) || !as_severe(code, qemu_code, bytes) {
                 return Err(format!(
