@@ -99,6 +99,7 @@ pub(super) fn cases() -> Vec<NegativeCase> {
     let mut all = header_cases();
     all.extend(extension_cases());
     all.extend(table_cases());
+    all.extend(more_cases());
     all
 }
 
@@ -357,6 +358,103 @@ fn table_cases() -> Vec<NegativeCase> {
                         return Err("b1's first table entry is not empty".into());
                     }
                     put_u64(b, table, 2);
+                    Ok(())
+                })
+            },
+        ),
+    ]
+}
+
+/// Offset of the data of extension `kind` in `b`.
+fn ext_at(b: &[u8], kind: u32) -> Result<usize, String> {
+    let a = area(b)?;
+    let (k, _) = a
+        .chain
+        .find(kind)
+        .ok_or_else(|| format!("no extension {kind:#x}"))?;
+    Ok(a.chain.data_offsets(a.header.header_length.into())[k] as usize)
+}
+
+/// The dedup L1 table and its first level-2 cluster in the dedup seed image.
+fn dedup_tables(b: &[u8]) -> Result<(usize, u64), String> {
+    let d = area(b)?.dedup().ok_or("no dedup extension")?.clone();
+    let l1 = d.l1_offset.get() as usize;
+    let l2 = (0..d.l1_size as usize)
+        .map(|k| get_u64(b, l1 + 8 * k))
+        .find(|&e| e != 0)
+        .ok_or("empty dedup L1")?;
+    Ok((l1, l2))
+}
+
+fn more_cases() -> Vec<NegativeCase> {
+    vec![
+        case(L1_ENTRY, "snapshot L1 entry with reserved bit 60", |i| {
+            raw(i, "snapshot", |b| {
+                let at = area(b)?.header.snapshots_offset.get() as usize;
+                let l1 = get_u64(b, at) as usize;
+                let e = get_u64(b, l1);
+                put_u64(b, l1, e | 1 << 60);
+                Ok(())
+            })
+        }),
+        case(L2_COPIED, "COPIED clear with an external data file", |i| {
+            raw(i, "data-file-raw", |b| {
+                let l1 = area(b)?.header.l1_table_offset.get() as usize;
+                let l2 = (get_u64(b, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+                let e = get_u64(b, l2 + 8);
+                if e & 1 << 63 == 0 {
+                    return Err("entry 1 has no COPIED flag".into());
+                }
+                put_u64(b, l2 + 8, e & !(1 << 63));
+                Ok(())
+            })
+        }),
+        case(
+            EXT_BITMAPS,
+            "bitmaps extension of 16 bytes, autoclear bit 0 clear",
+            |i| {
+                raw(i, "bitmaps", |b| {
+                    let at = bitmaps_data(b)?;
+                    put_u32(b, at - 4, 16);
+                    let autoclear = get_u64(b, 88) & !AUTOCLEAR_BITMAPS;
+                    put_u64(b, 88, autoclear);
+                    Ok(())
+                })
+            },
+        ),
+        case(
+            EXT_FEATURE_TABLE,
+            "feature name with a byte after its NUL",
+            |i| {
+                raw(i, "default", |b| {
+                    let at = ext_at(b, ext::FEATURE_TABLE)?;
+                    // Entry 0's name ("dirty bit") leaves its last bytes zero.
+                    b[at + 47] = b'x';
+                    Ok(())
+                })
+            },
+        ),
+        case(DD_L1_ENTRY, "dedup L1 entry with bit 60", |i| {
+            raw(i, "seed-dedup", |b| {
+                let (l1, l2) = dedup_tables(b)?;
+                put_u64(b, l1, l2 | 1 << 60);
+                // Nothing names the level-2 cluster any more.
+                crate::mutate::adjust_refcount(b, l2, -1)
+            })
+        }),
+        case(
+            DD_ENTRY,
+            "dedup entry with an all-zero digest and a guest offset",
+            |i| {
+                raw(i, crate::engine_images::DEDUP_WRITES, |b| {
+                    let (_, l2) = dedup_tables(b)?;
+                    let l2 = l2 as usize;
+                    let cs = 1usize << area(b)?.header.cluster_bits;
+                    let entry = (l2..l2 + cs - 40)
+                        .step_by(40)
+                        .find(|&e| get_u64(b, e + 32) != 0)
+                        .ok_or("no dedup entry with a non-zero guest offset")?;
+                    b[entry..entry + 32].fill(0);
                     Ok(())
                 })
             },

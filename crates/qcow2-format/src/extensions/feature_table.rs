@@ -87,8 +87,22 @@ pub fn parse(data: &[u8], at: u64) -> Result<Vec<FeatureName>> {
                     },
                 ));
             }
+            let name = &entry[2..];
+            if let Some(nul) = name.iter().position(|&b| b == 0) {
+                if let Some(p) = name[nul..].iter().position(|&b| b != 0) {
+                    return Err(FormatError::new(
+                        rules::EXT_FEATURE_TABLE,
+                        entry_at + (2 + nul + p) as u64,
+                        ErrorKind::Malformed {
+                            field: "feature name",
+                            reason: "a byte after the name's terminating zero is not zero"
+                                .to_string(),
+                        },
+                    ));
+                }
+            }
             let mut raw_name = [0u8; NAME_LEN];
-            raw_name.copy_from_slice(&entry[2..]);
+            raw_name.copy_from_slice(name);
             Ok(FeatureName {
                 kind,
                 bit,
