@@ -184,6 +184,13 @@ pub(crate) fn catalogue() -> Vec<Golden> {
                 "write -z 64k 8k",
             ][..],
         ),
+        // A compressed cluster with extended L2 entries: its subcluster
+        // bitmap must stay zero (iotest 271).
+        (
+            "compressed-extended-l2",
+            "extended_l2=on",
+            &["write -c -P 0x35 0 64k"][..],
+        ),
         // 512-byte clusters: one L2 table maps 32 KiB, so these writes go
         // through L1 entries 0, 1 and 3, the last inside its clusters.
         (

@@ -278,6 +278,21 @@ fn table_cases() -> Vec<NegativeCase> {
                 Ok(())
             })
         }),
+        case(
+            L2_EXTENDED,
+            "compressed cluster with a subcluster bitmap",
+            |i| {
+                raw(i, "compressed-extended-l2", |b| {
+                    let l1 = area(b)?.header.l1_table_offset.get() as usize;
+                    let l2 = (get_u64(b, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+                    if get_u64(b, l2) & 1 << 62 == 0 || get_u64(b, l2 + 8) != 0 {
+                        return Err("guest cluster 0 is not compressed with a zero bitmap".into());
+                    }
+                    put_u64(b, l2 + 8, 1);
+                    Ok(())
+                })
+            },
+        ),
         case(L2_ZERO_FLAG, "zero flag in an extended entry", |i| {
             raw(i, "data-extended-l2", |b| {
                 let l1 = area(b)?.header.l1_table_offset.get() as usize;
@@ -377,7 +392,7 @@ fn ext_at(b: &[u8], kind: u32) -> Result<usize, String> {
 
 /// The dedup L1 table and its first level-2 cluster in the dedup seed image.
 fn dedup_tables(b: &[u8]) -> Result<(usize, u64), String> {
-    let d = area(b)?.dedup().ok_or("no dedup extension")?.clone();
+    let d = *area(b)?.dedup().ok_or("no dedup extension")?;
     let l1 = d.l1_offset.get() as usize;
     let l2 = (0..d.l1_size as usize)
         .map(|k| get_u64(b, l1 + 8 * k))

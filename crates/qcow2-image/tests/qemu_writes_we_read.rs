@@ -287,6 +287,23 @@ fn dirty_image_is_repaired_on_writable_open() {
         before.incompatible_features & 1 != 0,
         "the dirty bit is set"
     );
+    // iotest 039: a read-only open of the stale image reads the data and
+    // changes nothing, the dirty bit included.
+    let bytes = std::fs::read(&path).unwrap();
+    {
+        let image = Image::open_path(&path, false).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        image.read_at(&mut buf, 0).unwrap();
+        assert!(
+            buf.iter().all(|&b| b == 0x61),
+            "read-only read of the dirty image"
+        );
+        image.close().unwrap();
+    }
+    assert!(
+        std::fs::read(&path).unwrap() == bytes,
+        "a read-only open changed the dirty image"
+    );
     let image = Image::open_path(&path, true).unwrap();
     image.write_at(&[0x62; 4096], 2 << 20).unwrap();
     image.close().unwrap();

@@ -235,7 +235,8 @@ pub(crate) fn l2_table(
                         rules::L2_EXTENDED,
                         format!("compressed cluster entry {entry:#x} has a non-zero subcluster bitmap {bitmap:#x}"),
                     );
-                    continue;
+                    // The descriptor still locates the stream (QEMU ignores
+                    // the bitmap): its clusters are in use.
                 }
                 let x = offset_bits(img.geo);
                 let host = entry & ((1u64 << x) - 1);
