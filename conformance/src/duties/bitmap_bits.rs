@@ -115,10 +115,20 @@ fn compare_recording(bytes: &[u8]) -> Result<String, String> {
     let before = guest_disk("bitmaps", Until::BitmapAdd)?;
     let (image, _) = open(bytes, false, BackingMode::Ignore)?;
     let now = read_all(&image)?;
+    let recorded = recorded_bits(&entries)?;
     let mut checked = 0;
-    for e in entries.iter().filter(|e| e.flags & FLAG_AUTO != 0) {
-        let g = e.granularity() as usize;
+    for (e, (name, kept)) in entries.iter().zip(&recorded) {
         let bits = set_bits(bytes, e, cs, size)?;
+        if e.flags & FLAG_AUTO == 0 {
+            // A disabled bitmap changes no more: it holds what it held.
+            if &bits != kept {
+                return Err(format!(
+                    "disabled bitmap {name:?} has bits {bits:?}, it held {kept:?}"
+                ));
+            }
+            continue;
+        }
+        let g = e.granularity() as usize;
         for (k, (a, b)) in now.chunks(g).zip(before.chunks(g)).enumerate() {
             if a != b && !bits.contains(&(k as u64)) {
                 return Err(format!(
@@ -134,8 +144,15 @@ fn compare_recording(bytes: &[u8]) -> Result<String, String> {
         return Err("no auto bitmap to check".into());
     }
     Ok(format!(
-        "{checked} enabled bitmaps record every changed granule"
+        "{checked} enabled bitmaps record every changed granule; the disabled ones are unchanged"
     ))
+}
+
+/// The file offset of bitmap `k`'s table.
+fn table_of(bytes: &[u8], k: usize) -> Result<usize, String> {
+    let (entries, _, _) = directory(bytes)?;
+    let e = entries.get(k).ok_or("too few bitmaps")?;
+    Ok(e.table_offset.get() as usize)
 }
 
 /// The data cluster of bitmap 0 and the golden's bytes.
@@ -192,6 +209,42 @@ pub(super) fn cases() -> Vec<DutyCase> {
                     Err("the engine opened an image with an enabled bitmap for writing".into())
                 }
                 Err(e) => Ok(format!("refused: {e}")),
+            },
+        ),
+        duty(
+            BMP_DATA,
+            Negative,
+            "an empty table entry reading as all ones",
+            "bitmaps",
+            |i| {
+                let mut b = golden(i, "bitmaps")?;
+                let table = table_of(&b, 1)?;
+                if get_u64(&b, table) != 0 {
+                    return Err("b1's first table entry is not empty".into());
+                }
+                crate::mutate::put_u64(&mut b, table, 1);
+                seen(compare_layout(&b))
+            },
+        ),
+        duty(
+            BMP_AUTO,
+            Negative,
+            "a writer that records a write in a disabled bitmap",
+            "bitmaps",
+            |i| {
+                let mut b = golden(i, "bitmaps")?;
+                let table = table_of(&b, 1)?;
+                // b1 has no data cluster: give it one with bit 0 set.
+                let cs = 1u64
+                    << HeaderArea::parse(&b)
+                        .map_err(|e| e.to_string())?
+                        .header
+                        .cluster_bits;
+                let mut data = vec![0u8; cs as usize];
+                data[0] = 1;
+                let at = crate::mutate::append_counted(&mut b, cs, &data)?;
+                crate::mutate::put_u64(&mut b, table, at);
+                seen(compare_recording(&b))
             },
         ),
         duty(

@@ -9,6 +9,7 @@ mod extensions;
 mod header;
 mod seeds;
 mod tables;
+mod variants;
 
 use qcow2_format::{HeaderArea, RuleId};
 
@@ -42,7 +43,7 @@ pub struct NegativeCase {
 
 /// Every negative case of the suite.
 pub fn all() -> Vec<NegativeCase> {
-    let modules: [(&'static str, Vec<NegativeCase>); 9] = [
+    let modules: [(&'static str, Vec<NegativeCase>); 10] = [
         ("conformance/src/negatives/header.rs", header::cases()),
         (
             "conformance/src/negatives/extensions.rs",
@@ -58,6 +59,7 @@ pub fn all() -> Vec<NegativeCase> {
         ("conformance/src/negatives/dedup.rs", dedup::cases()),
         ("conformance/src/negatives/bitmaps.rs", bitmaps::cases()),
         ("conformance/src/negatives/clauses.rs", clauses::cases()),
+        ("conformance/src/negatives/variants.rs", variants::cases()),
     ];
     modules
         .into_iter()

@@ -59,6 +59,22 @@ fn seed_image(bytes: &[u8]) -> bool {
     HeaderArea::parse(bytes).is_ok_and(|a| a.dedup().is_some() || a.compress_format().is_some())
 }
 
+/// Writes the golden data file a case image names next to it, so that
+/// qemu-img can open the image.
+fn write_data_file(dir: &Path, bytes: &[u8]) {
+    let Some(name) = HeaderArea::parse(bytes)
+        .ok()
+        .and_then(|a| a.data_file().map(str::to_string))
+    else {
+        return;
+    };
+    let stored = qcow2_conformance::corpus::golden_dir().join(format!("{name}.hex"));
+    if let Ok(text) = std::fs::read_to_string(stored) {
+        let data = qcow2_conformance::sparse_hex::parse(&text).expect("stored data file");
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+}
+
 /// `qemu-img check` of `name` in `dir` (with its key when encrypted).
 fn qemu_check(dir: &Path, name: &str) -> Output {
     let args = common::qemu_file_args(dir, name);
@@ -173,6 +189,7 @@ fn every_negative_case_has_its_consequence_through_the_cli() {
             .unwrap_or_else(|| panic!("{rule}: no consequence in docs/spec.md"));
         let file = dir.path().join(format!("case-{n}.qcow2"));
         std::fs::write(&file, &bytes).unwrap();
+        write_data_file(dir.path(), &bytes);
         checked += 1;
         if let Err(why) = observe(&file, &bytes, rule, expected) {
             failures.push(format!("{rule} {:?} ({expected:?}): {why}", case.name));

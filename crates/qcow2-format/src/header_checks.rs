@@ -30,6 +30,7 @@ const CHECKS: &[Check] = &[
     Header::check_snapshots,
     Header::check_refcount_order,
     Header::check_compression_type,
+    Header::check_v2_fields,
 ];
 
 /// Fails with `rule` when `offset + count * unit` passes [`MAX_END`].
@@ -305,7 +306,35 @@ impl Header {
         Ok(())
     }
 
+    /// A version 2 header has no feature fields: only a header built in
+    /// code can hold incompatible or autoclear bits or a compression type
+    /// (compatible bits are the lazy refcounts rule's business).
+    fn check_v2_fields(&self, _: ClusterGeometry) -> Result<()> {
+        if self.version != 2 {
+            return Ok(());
+        }
+        let asked = [
+            (self.incompatible_features != 0, "incompatible feature bits"),
+            (self.autoclear_features != 0, "autoclear feature bits"),
+            (self.compression_type != 0, "a compression type"),
+        ];
+        match asked.iter().find(|(set, _)| *set) {
+            None => Ok(()),
+            Some((_, what)) => Err(FormatError::new(
+                rules::HDR_V2_FEATURES,
+                72,
+                ErrorKind::Conflict(format!(
+                    "a version 2 header has no feature fields, so it cannot carry {what}"
+                )),
+            )),
+        }
+    }
+
     fn check_compression_type(&self, _: ClusterGeometry) -> Result<()> {
+        if self.version == 2 {
+            // No such field: HDR-V2-FEATURES judges a value put there.
+            return Ok(());
+        }
         let bit_set = self.incompatible_features & crate::features::INCOMPAT_COMPRESSION_TYPE != 0;
         let off = u64::from(COMPRESSION_TYPE_OFFSET);
         let Some(kind) = self.compression() else {
