@@ -11,12 +11,12 @@ use super::{case, named, CaseInput, NegativeCase};
 use crate::corpus::TestImage;
 use crate::mutate::{edit_area, get_refcount, get_u64, put_u32, put_u64, set_refcount};
 
-fn area(bytes: &[u8]) -> Result<HeaderArea, String> {
+pub(super) fn area(bytes: &[u8]) -> Result<HeaderArea, String> {
     HeaderArea::parse(bytes).map_err(|e| e.to_string())
 }
 
 /// Golden `name` with `edit` applied to its raw bytes.
-fn raw(
+pub(super) fn raw(
     images: &[TestImage],
     name: &str,
     edit: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,

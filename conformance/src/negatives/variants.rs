@@ -7,26 +7,12 @@ use qcow2_format::features::*;
 use qcow2_format::rules::*;
 use qcow2_format::HeaderArea;
 
+use super::clauses::{area, raw};
 use super::{case, named, CaseInput, NegativeCase};
 use crate::corpus::TestImage;
 use crate::mutate::{append_counted, edit_area, get_u64, put_u32, put_u64, set_refcount};
 
 const OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
-
-fn area(bytes: &[u8]) -> Result<HeaderArea, String> {
-    HeaderArea::parse(bytes).map_err(|e| e.to_string())
-}
-
-/// Golden `name` with `edit` applied to its raw bytes.
-fn raw(
-    images: &[TestImage],
-    name: &str,
-    edit: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
-) -> Result<CaseInput, String> {
-    let mut b = named(images, name)?;
-    edit(&mut b)?;
-    Ok(CaseInput::Bytes(b))
-}
 
 /// The file offset of the first L2 table of `b`.
 fn first_l2(b: &[u8]) -> Result<usize, String> {
