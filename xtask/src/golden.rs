@@ -62,6 +62,19 @@ fn create(name: &str, opts: &str, size: Option<&str>) -> Golden {
     }
 }
 
+/// An encrypted 1 MiB image made with the secret [`SECRET`]; `opts` (the
+/// `-o` value) names the format and the secret as `encrypt.key-secret=sec0`.
+fn encrypted(name: &str, opts: &str) -> Golden {
+    let mut g = create(name, "", Some("1M"));
+    g.create = strings(&["create", "-f", "qcow2", "--object", SECRET, "-o"]);
+    g.create.push(opts.to_string());
+    g.create.extend([g.file(), "1M".to_string()]);
+    g
+}
+
+/// The secret object the encrypted goldens are made and read with.
+const SECRET: &str = "secret,id=sec0,data=golden";
+
 /// An overlay of `backing` (format `fmt`), named relatively so the directory can move.
 fn overlay(name: &str, opts: &str, backing: &'static str, fmt: &str) -> Golden {
     let mut g = create(name, opts, None);
@@ -256,22 +269,14 @@ pub(crate) fn catalogue() -> Vec<Golden> {
     }
     // Encrypted with the legacy AES method (crypt_method 1): the key comes
     // from the passphrase alone, so the ciphertext is the same every run.
-    let mut aes = create("aes", "", Some("1M"));
-    aes.create = strings(&[
-        "create",
-        "-f",
-        "qcow2",
-        "--object",
-        "secret,id=sec0,data=golden",
-        "-o",
+    let mut aes = encrypted(
+        "aes",
         "encrypt.format=aes,encrypt.key-secret=sec0,cluster_size=4K",
-        "aes.qcow2",
-        "1M",
-    ]);
+    );
     aes.post.push(strings(&[
         QEMU_IO,
         "--object",
-        "secret,id=sec0,data=golden",
+        SECRET,
         "--image-opts",
         "-c",
         "write -P 0x5a 0 4k",
@@ -280,23 +285,10 @@ pub(crate) fn catalogue() -> Vec<Golden> {
     all.push(aes);
     // An encrypted image: the key slots hold random salts and key material,
     // so a regeneration differs inside the LUKS area (golden_store::KEYED).
-    all.push(Golden {
-        name: "luks".to_string(),
-        pre: Vec::new(),
-        create: strings(&[
-            "create",
-            "-f",
-            "qcow2",
-            "--object",
-            "secret,id=sec0,data=golden",
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-            "luks.qcow2",
-            "1M",
-        ]),
-        post: Vec::new(),
-        companions: Vec::new(),
-    });
+    all.push(encrypted(
+        "luks",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+    ));
     all
 }
 

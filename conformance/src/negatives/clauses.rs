@@ -78,9 +78,7 @@ fn refcount(
 
 /// The bitmaps extension's data offset in the bitmaps golden.
 fn bitmaps_data(b: &[u8]) -> Result<usize, String> {
-    let a = area(b)?;
-    let (k, _) = a.chain.find(ext::BITMAPS).ok_or("no bitmaps extension")?;
-    Ok(a.chain.data_offsets(a.header.header_length.into())[k] as usize)
+    ext_at(b, ext::BITMAPS)
 }
 
 /// The host offset of the first compressed stream of `b`.
@@ -381,7 +379,7 @@ fn table_cases() -> Vec<NegativeCase> {
 }
 
 /// Offset of the data of extension `kind` in `b`.
-fn ext_at(b: &[u8], kind: u32) -> Result<usize, String> {
+pub(super) fn ext_at(b: &[u8], kind: u32) -> Result<usize, String> {
     let a = area(b)?;
     let (k, _) = a
         .chain
@@ -391,7 +389,7 @@ fn ext_at(b: &[u8], kind: u32) -> Result<usize, String> {
 }
 
 /// The dedup L1 table and its first level-2 cluster in the dedup seed image.
-fn dedup_tables(b: &[u8]) -> Result<(usize, u64), String> {
+pub(super) fn dedup_tables(b: &[u8]) -> Result<(usize, u64), String> {
     let d = *area(b)?.dedup().ok_or("no dedup extension")?;
     let l1 = d.l1_offset.get() as usize;
     let l2 = (0..d.l1_size as usize)

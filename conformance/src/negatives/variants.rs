@@ -7,7 +7,7 @@ use qcow2_format::features::*;
 use qcow2_format::rules::*;
 use qcow2_format::HeaderArea;
 
-use super::clauses::{area, raw};
+use super::clauses::{area, ext_at, raw};
 use super::{case, named, CaseInput, NegativeCase};
 use crate::corpus::TestImage;
 use crate::mutate::{append_counted, edit_area, get_u64, put_u32, put_u64, set_refcount};
@@ -29,16 +29,6 @@ fn v2_area(images: &[TestImage], edit: impl FnOnce(&mut HeaderArea)) -> Result<C
     let mut a = area(&named(images, "compat-0.10")?)?;
     edit(&mut a);
     Ok(CaseInput::Area(Box::new(a)))
-}
-
-/// The dedup extension's data offset and the dedup seed image.
-fn dedup_ext(b: &[u8]) -> Result<usize, String> {
-    let a = area(b)?;
-    let (k, _) = a
-        .chain
-        .find(qcow2_format::extensions::DEDUP)
-        .ok_or("no dedup extension")?;
-    Ok(a.chain.data_offsets(a.header.header_length.into())[k] as usize)
 }
 
 pub(super) fn cases() -> Vec<NegativeCase> {
@@ -88,7 +78,7 @@ fn header_cases() -> Vec<NegativeCase> {
         }),
         case(DD_LENGTH, "dedup extension of 16 bytes, bit 1 clear", |i| {
             raw(i, "seed-dedup", |b| {
-                let at = dedup_ext(b)?;
+                let at = ext_at(b, qcow2_format::extensions::DEDUP)?;
                 put_u32(b, at - 4, 16);
                 let incompatible = get_u64(b, 72) & !INCOMPAT_BIT1;
                 put_u64(b, 72, incompatible);
@@ -100,12 +90,7 @@ fn header_cases() -> Vec<NegativeCase> {
             "stale table with a wrong digest (not verified)",
             |i| {
                 raw(i, "seed-dedup", |b| {
-                    let d = *area(b)?.dedup().ok_or("no dedup extension")?;
-                    let l1 = d.l1_offset.get() as usize;
-                    let l2 = (0..d.l1_size as usize)
-                        .map(|k| get_u64(b, l1 + 8 * k))
-                        .find(|&e| e != 0)
-                        .ok_or("empty dedup L1")? as usize;
+                    let l2 = super::clauses::dedup_tables(b)?.1 as usize;
                     let cs = 1usize << area(b)?.header.cluster_bits;
                     let entry = (l2..l2 + cs - 40)
                         .step_by(40)
