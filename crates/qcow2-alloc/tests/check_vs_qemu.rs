@@ -260,6 +260,54 @@ fn data_cluster_at_32_pib_with_512_byte_clusters() {
     image.read_at(&mut buf, 0).unwrap();
     assert_eq!(buf, [0u8; 512]);
     qemu_io(dir.path(), "i138.qcow2", &["read -P 0 0 512"]);
+    drop(image);
+
+    // A write to that guest cluster is refused without growing the file
+    // to 32 PiB (qemu-io fails it too, with EFBIG).
+    let before = std::fs::read(&path).unwrap();
+    let storage = std::sync::Arc::new(qcow2_io::FileStorage::open(&path, true).unwrap());
+    let writable = qcow2_image::OpenOptions {
+        writable: true,
+        backing: qcow2_image::BackingMode::Ignore,
+    };
+    let image = qcow2_image::Image::open(storage, writable).unwrap();
+    let err = image.write_at(&[7u8; 512], 0).unwrap_err();
+    assert_eq!(err.rule(), Some(rules::L2_ENTRY), "{err}");
+    drop(image);
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(after.len(), before.len(), "the file did not grow");
+
+    // `-r all` leaves what qemu-img's leaves: the leak and the COPIED flag
+    // fixed, the entry past the end still counted as one corruption.
+    std::fs::write(&path, &before).unwrap();
+    let theirs = copy(&path, dir.path(), "i138-qemu.qcow2");
+    let storage = qcow2_io::FileStorage::open(&path, true).unwrap();
+    let done = qcow2_alloc::repair::repair(&storage, qcow2_alloc::repair::RepairMode::All, &[])
+        .expect("repair runs");
+    drop(storage);
+    let qemu_repair = run(
+        dir.path(),
+        "qemu-img",
+        &[
+            "check",
+            "-r",
+            "all",
+            "-f",
+            "qcow2",
+            &theirs.to_string_lossy(),
+        ],
+    );
+    assert_eq!(
+        qemu_repair.status.code(),
+        Some(2),
+        "qemu-img leaves an error"
+    );
+    let (qemu_after, _) = qemu_check(dir.path(), "i138-qemu.qcow2", &[]);
+    let mut ours_after = numbers(&done.final_report());
+    ours_after.retain(|key, _| !key.ends_with("-fixed"));
+    assert_eq!(ours_after, qemu_after, "after -r all");
+    assert_eq!(done.final_report().corruptions, 1);
+    assert_eq!(done.final_report().leaks, 0);
 }
 
 /// iotest 112: with refcount_bits=1 a cluster can hold one reference; two

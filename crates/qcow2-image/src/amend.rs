@@ -29,7 +29,6 @@ use qcow2_format::features::{self as feat, FeatureKind};
 use qcow2_format::header::{COMPRESSION_TYPE_OFFSET, V2_HEADER_LEN, V3_HEADER_LEN};
 use qcow2_format::tables::l2::{L2Context, L2Mapping, L2_ENTRY_SIZE};
 use qcow2_format::tables::l2_extended::ExtendedL2Mapping;
-use qcow2_format::tables::snapshot::{self, SnapshotContext};
 use qcow2_format::tables::{L1Entry, RefcountOrder};
 use qcow2_format::{ClusterGeometry, HeaderArea};
 use qcow2_io::{FileStorage, Storage, WriteKind};
@@ -429,22 +428,7 @@ fn check_downgrade(storage: &dyn Storage, area: &HeaderArea) -> Result<()> {
     let active = scan_l1(storage, &ctx, h.l1_table_offset.get(), h.l1_size, &mut seen)?;
     let mut compressed = active.compressed;
     if h.nb_snapshots > 0 {
-        let file_len = storage
-            .len()
-            .map_err(|e| ImageError::io("reading the file length", 0, e))?;
-        let offset = h.snapshots_offset.get();
-        let len = file_len
-            .saturating_sub(offset)
-            .min(snapshot::MAX_TABLE_SIZE);
-        let mut buf = vec![0u8; len as usize];
-        storage
-            .read_at(&mut buf, offset)
-            .map_err(|e| ImageError::io("reading the snapshot table", offset, e))?;
-        let snap_ctx = SnapshotContext {
-            geometry: geo,
-            version: h.version,
-        };
-        let snapshots = snapshot::parse_table(&buf, h.nb_snapshots, &snap_ctx, offset)?;
+        let snapshots = crate::snapshot_table::read(storage, h)?;
         // Tables shared with the active L1 were counted there: count the
         // snapshot-only ones on a fresh set, so sharing does not hide them.
         let mut snap_seen = HashSet::new();

@@ -202,7 +202,7 @@ fn place_stream(meta: &mut Meta, storage: &dyn Storage, len: u64) -> Result<Host
                 meta.compressed_cursor = (end < cluster_end).then_some(HostOffset(end));
                 return Ok(at);
             }
-            let next = meta.refcounts.allocate(storage, 1)?;
+            let next = meta.allocate(storage, 1)?;
             if next.get() == cluster_end {
                 // The stream runs on into the cluster allocated right after.
                 meta.refcounts.add_ref(storage, cluster)?;
@@ -212,7 +212,7 @@ fn place_stream(meta: &mut Meta, storage: &dyn Storage, len: u64) -> Result<Host
             return Ok(start_fresh(meta, next, len, cs));
         }
     }
-    let fresh = meta.refcounts.allocate(storage, 1)?;
+    let fresh = meta.allocate(storage, 1)?;
     Ok(start_fresh(meta, fresh, len, cs))
 }
 

@@ -256,7 +256,7 @@ impl Image {
             let mut cluster = 0;
             while cluster < clusters {
                 let count = (clusters - cluster).min((64 << 20) / cs).max(1);
-                let host = meta.refcounts.allocate(&*self.storage, count)?;
+                let host = meta.allocate(&*self.storage, count)?;
                 for i in 0..count {
                     let mapping = qcow2_format::tables::l2_extended::ExtendedL2Mapping::Allocated {
                         host: qcow2_format::tables::l2::HostCluster {

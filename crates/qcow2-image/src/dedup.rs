@@ -289,7 +289,7 @@ impl Meta {
         }
         // Private to a referrer the disk may know: both move to a fresh
         // shared copy.
-        let q = self.refcounts.allocate(storage, 1)?;
+        let q = self.allocate(storage, 1)?;
         storage
             .write_at(data, q.get(), WriteKind::Data)
             .map_err(|e| ImageError::io("writing guest data", q.get(), e))?;
@@ -366,7 +366,7 @@ impl Meta {
                 .read_at(&mut data, p * cs)
                 .map_err(|e| ImageError::io("reading a shared cluster", p * cs, e))?;
             let entry = self.dedup_entry(storage, pc)?;
-            let r = self.refcounts.allocate(storage, 1)?;
+            let r = self.allocate(storage, 1)?;
             storage
                 .write_at(&data, r.get(), WriteKind::Data)
                 .map_err(|e| ImageError::io("writing guest data", r.get(), e))?;

@@ -17,6 +17,7 @@ use crate::error::{ImageError, Result};
 use crate::l2_cache::L2Cache;
 use crate::layout::Layout;
 use crate::meta::{words_from_bytes, Meta};
+use crate::metadata_guard::MetadataGuard;
 use crate::options::{BackingMode, OpenOptions};
 use crate::plan::{self, Readers};
 
@@ -210,7 +211,14 @@ impl Image {
             dedup: None,
             cow_results: Vec::new(),
             dedup_overwrite: Default::default(),
+            guard: Default::default(),
+            file_end: storage
+                .len()
+                .map_err(|e| ImageError::io("reading the file length", 0, e))?,
         };
+        if options.writable {
+            meta.guard = MetadataGuard::new(&*storage, &meta.area, &meta.l1)?;
+        }
         let dedup_on = options.writable && features.dedup();
         if dedup_on {
             meta.dedup = Some(crate::dedup_write::load_state(&*storage, &meta)?);

@@ -10,6 +10,7 @@ use qcow2_io::{Storage, WriteKind};
 use crate::error::{ImageError, Result};
 use crate::l2_cache::L2Cache;
 use crate::layout::Layout;
+use crate::metadata_guard::MetadataGuard;
 
 /// Everything the metadata lock protects.
 #[derive(Debug)]
@@ -39,6 +40,12 @@ pub(crate) struct Meta {
     pub cow_results: Vec<crate::dedup_write::CowResult>,
     /// How an indexed, private cluster is overwritten.
     pub dedup_overwrite: crate::dedup_write::DedupOverwrite,
+    /// The metadata beyond header, L1 and refcounts that writes must miss.
+    pub guard: MetadataGuard,
+    /// The file length at open, raised by every allocation since: an L2
+    /// entry naming a cluster at or past it (rounded up to a cluster) is
+    /// damage, not data.
+    pub file_end: u64,
 }
 
 /// Words of an L2 table read from disk, in native order.
@@ -71,7 +78,9 @@ impl Meta {
 
     fn set_l1(&mut self, l1_index: u64, entry: L1Entry) -> Result<()> {
         let i = l1_index as usize;
-        self.l1[i] = entry.encode(self.layout.geometry)?;
+        let raw = entry.encode(self.layout.geometry)?;
+        self.guard.l1_changed(self.l1[i], raw);
+        self.l1[i] = raw;
         self.l1_dirty = Some(match self.l1_dirty {
             None => (i, i),
             Some((a, b)) => (a.min(i), b.max(i)),
@@ -182,7 +191,7 @@ impl Meta {
         let words_per_table = (self.layout.cluster_size() / 8) as usize;
         let Some(old) = entry.l2_table else {
             self.make_room(storage)?;
-            let offset = self.refcounts.allocate(storage, 1)?;
+            let offset = self.allocate(storage, 1)?;
             self.l2
                 .insert(l1_index, offset, vec![0; words_per_table], true);
             return self.set_l1(
@@ -203,7 +212,7 @@ impl Meta {
         if refcount > 1 {
             // Shared with a snapshot: the copy references the same data
             // clusters, whose refcounts already count both paths.
-            let offset = self.refcounts.allocate(storage, 1)?;
+            let offset = self.allocate(storage, 1)?;
             let slot = self.l2.get(l1_index).ok_or(ImageError::Poisoned)?;
             slot.offset = offset;
             slot.dirty = true;
@@ -234,9 +243,10 @@ impl Meta {
         Ok(self.refcounts.get(storage, cluster)? == 1)
     }
 
-    /// Refuses to write guest data over the header, the L1 table or the
-    /// refcount table: a hostile or damaged L2 entry must not turn a guest
-    /// write into metadata corruption.
+    /// Refuses to write over metadata (the header, the L1 and refcount
+    /// structures, and what [`MetadataGuard`] holds): a hostile or damaged
+    /// L2 entry, or a table whose refcount is 0, must not turn a write into
+    /// metadata corruption. `host` is the start of the cluster to write.
     pub fn check_data_target(&self, host: HostOffset) -> Result<()> {
         let cs = self.layout.cluster_size();
         let h = &self.area.header;
@@ -254,16 +264,48 @@ impl Meta {
         } else if self.refcounts.is_block(host) {
             Some("a refcount block")
         } else {
-            None
+            self.guard.overlap(start, cs)
         };
         match what {
             None => Ok(()),
             Some(what) => Err(ImageError::Corrupt {
                 rule: Some(qcow2_format::rules::RC_OVERLAP),
                 offset: start,
-                reason: format!("a data cluster at {start:#x} overlaps {what}; write refused"),
+                reason: format!(
+                    "a cluster to be written at {start:#x} overlaps {what}; write refused"
+                ),
             }),
         }
+    }
+
+    /// Allocates `count` clusters for data or a table, refusing a run that
+    /// lies on metadata (a structure whose refcount says it is free).
+    pub fn allocate(&mut self, storage: &dyn Storage, count: u64) -> Result<HostOffset> {
+        let offset = self.refcounts.allocate(storage, count)?;
+        let cs = self.layout.cluster_size();
+        for i in 0..count {
+            self.check_data_target(HostOffset(offset.get() + i * cs))?;
+        }
+        self.file_end = self.file_end.max(offset.get() + count * cs);
+        Ok(offset)
+    }
+
+    /// Refuses an in-place write to a data cluster that starts past the end
+    /// of the file (L2-ENTRY), which would otherwise grow the file to
+    /// wherever a damaged entry points.
+    pub fn check_in_file(&self, host: HostOffset) -> Result<()> {
+        let end = self.file_end.next_multiple_of(self.layout.cluster_size());
+        if host.get() >= end {
+            return Err(ImageError::Corrupt {
+                rule: Some(qcow2_format::rules::L2_ENTRY),
+                offset: host.get(),
+                reason: format!(
+                    "the data cluster at {:#x} lies past the end of the file ({end:#x}); write refused",
+                    host.get()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Unmaps guest cluster `cluster` (unallocated, no zero flag) and queues
@@ -443,7 +485,7 @@ impl Meta {
         let cs = self.layout.cluster_size();
         let bytes_len = (entries.len() * L1_ENTRY_SIZE) as u64;
         let clusters = bytes_len.div_ceil(cs).max(1);
-        let offset = self.refcounts.allocate(storage, clusters)?;
+        let offset = self.allocate(storage, clusters)?;
         self.commit_refcounts(storage)?;
         let mut bytes = words_to_bytes(&entries);
         bytes.resize((clusters * cs) as usize, 0);
@@ -459,6 +501,7 @@ impl Meta {
         self.area.header.size = size;
         self.write_header(storage)?;
         sync(storage)?;
+        self.guard.reset_l1(&entries);
         self.l1 = entries;
         if old_clusters > 0 && old_offset.get() != 0 {
             let first: ClusterIndex = self.layout.geometry.host_cluster(old_offset);

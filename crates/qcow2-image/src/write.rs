@@ -96,6 +96,7 @@ impl Image {
         match mapping {
             ExtendedL2Mapping::Allocated { host, .. } => {
                 meta.check_data_target(host.offset)?;
+                meta.check_in_file(host.offset)?;
                 if meta.is_private(&*self.storage, host.offset, host.copied)? {
                     Ok(Some(host))
                 } else {
@@ -213,7 +214,7 @@ impl Image {
             old.push(mapping);
         }
         let count = old.len() as u64;
-        let host = meta.refcounts.allocate(&*self.storage, count)?;
+        let host = meta.allocate(&*self.storage, count)?;
         let bytes = (count * cs) as usize;
         self.write_data(&data[..bytes], host.get())?;
         for (i, previous) in old.into_iter().enumerate() {
@@ -243,7 +244,7 @@ impl Image {
         let layout = self.layout;
         let cs = layout.cluster_size();
         let us = layout.unit_size();
-        let host = meta.refcounts.allocate(&*self.storage, 1)?;
+        let host = meta.allocate(&*self.storage, 1)?;
         let (span_start, span_end, allocated, zero) = match old {
             // Subclusters: only the touched ones need data; the others keep
             // reading from the backing file or as zeros.

@@ -356,3 +356,77 @@ fn compressed_writes_above_4_gib() {
         .iter()
         .all(|e| matches!(e.kind, ExtentKind::Compressed)));
 }
+
+/// QEMU's iotest 272 the other way round: qemu-io writes a compressed
+/// cluster that lands above 4 GiB, in the narrowest descriptor offset field
+/// (2 MiB clusters) and with 2-bit refcounts. We read it, map it as
+/// compressed, and our check counts its host cluster once.
+#[test]
+fn qemu_compressed_cluster_above_4_gib() {
+    const CS: u64 = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("above.qcow2");
+    let p = path.to_str().unwrap();
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=2M,refcount_bits=2,preallocation=metadata",
+            p,
+            "5G",
+        ],
+    );
+    // Every guest cluster is preallocated: free the last one so the
+    // compressed write (which needs an unallocated cluster) may reuse its
+    // host cluster, the only free one below the end of the file.
+    let last = (5 << 30) - CS;
+    let discard = format!("discard {last} {CS}");
+    let write = format!("write -c -P 0x5a {last} {CS}");
+    run("qemu-io", &["-f", "qcow2", "-c", &discard, "-c", &write, p]);
+
+    // The descriptor of the last guest cluster (one L2 table maps it all).
+    let bytes = read_range(&path, 0, 512);
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let l1 = be64(&bytes, 40);
+    let l2 = be64(&read_range(&path, l1, 8), 0) & 0x00ff_ffff_ffff_fe00;
+    let entry = be64(&read_range(&path, l2 + last / CS * 8, 8), 0);
+    assert_ne!(entry & 1 << 62, 0, "a compressed descriptor: {entry:#x}");
+    // Offset bits: 62 - (cluster_bits - 8) = 49 for 2 MiB clusters.
+    let host = entry & ((1 << 49) - 1);
+    assert!(
+        host > 4 << 30,
+        "the stream starts at {host:#x}, below 4 GiB"
+    );
+
+    let image = Image::open_path(&path, false).expect("open");
+    let mut buf = vec![0u8; CS as usize];
+    image.read_at(&mut buf, last).expect("read");
+    assert!(buf.iter().all(|&b| b == 0x5a), "content of the stream");
+    let status = image.block_status(last, CS).expect("status");
+    assert!(
+        status
+            .iter()
+            .all(|e| matches!(e.kind, ExtentKind::Compressed)),
+        "{status:?}"
+    );
+    drop(image);
+    let storage = qcow2_io::FileStorage::open(&path, false).unwrap();
+    let report = qcow2_alloc::check::check(&storage, &[]).expect("check runs");
+    assert!(report.is_clean(), "{report:#?}");
+    assert_qemu_check_clean(&path);
+}
+
+/// `len` bytes of the file at `offset`.
+fn read_range(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}

@@ -43,15 +43,16 @@ pub fn read(file: &mut ImageFile, area: &HeaderArea) -> Vec<SnapshotInfo> {
         return Vec::new();
     };
     let at = h.snapshots_offset.get();
-    let len = file.len().saturating_sub(at).min(snapshot::MAX_TABLE_SIZE);
-    let Ok(buf) = file.read_at(at, len) else {
-        return Vec::new();
-    };
     let ctx = SnapshotContext {
         geometry,
         version: h.version,
     };
-    let Ok(entries) = snapshot::parse_table(&buf, h.nb_snapshots, &ctx, at) else {
+    let available = file.len().saturating_sub(at);
+    let read = |len| {
+        file.read_at(at, len)
+            .map_err(Box::<dyn std::error::Error>::from)
+    };
+    let Ok(entries) = snapshot::read_table(h.nb_snapshots, &ctx, at, available, read) else {
         return Vec::new();
     };
     entries

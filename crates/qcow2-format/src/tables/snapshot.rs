@@ -355,6 +355,66 @@ pub fn parse_table(
     Ok(entries)
 }
 
+/// How many bytes the first `count` entries take, found from the entry
+/// headers in `buf` (which starts at the table's offset), or `None` when
+/// `buf` ends before a header it needs. A reader can then fetch the table
+/// itself rather than the largest one allowed; [`parse_table`] still does
+/// the checking. Stops early, with the length so far, once it passes
+/// [`MAX_TABLE_SIZE`].
+pub fn needed_len(buf: &[u8], count: u32) -> Option<u64> {
+    let mut pos = 0u64;
+    for _ in 0..count {
+        if pos > MAX_TABLE_SIZE {
+            break;
+        }
+        pos = pos.next_multiple_of(8);
+        let start = usize::try_from(pos).ok()?;
+        let fixed = buf.get(start..start.checked_add(SNAPSHOT_HEADER_SIZE)?)?;
+        let header = SnapshotHeaderRaw::read_from_bytes(fixed).ok()?;
+        pos += SNAPSHOT_HEADER_SIZE as u64
+            + u64::from(header.extra_data_size.get())
+            + u64::from(header.id_str_size.get())
+            + u64::from(header.name_size.get());
+    }
+    Some(pos)
+}
+
+/// First read of [`read_table`]: enough for a few hundred typical entries.
+const FIRST_READ: u64 = 64 << 10;
+
+/// Reads and parses the table of `count` entries at `base_offset`, fetching
+/// only what the entry headers ask for: `read(len)` returns the first `len`
+/// bytes at `base_offset` and is called with lengths up to `available` (the
+/// bytes the file holds there), each read larger than the last.
+///
+/// Errors: those of `read`, and those of [`parse_table`] (a table that does
+/// not fit in `available` bytes is reported there as truncated).
+pub fn read_table<E: From<FormatError>>(
+    count: u32,
+    ctx: &SnapshotContext,
+    base_offset: u64,
+    available: u64,
+    mut read: impl FnMut(u64) -> core::result::Result<Vec<u8>, E>,
+) -> core::result::Result<Vec<SnapshotEntry>, E> {
+    let limit = available.min(MAX_TABLE_SIZE);
+    let mut want = FIRST_READ.min(limit);
+    loop {
+        let buf = read(want)?;
+        let next = match needed_len(&buf, count) {
+            Some(need) if need <= buf.len() as u64 => {
+                return Ok(parse_table(&buf[..need as usize], count, ctx, base_offset)?);
+            }
+            Some(need) => need.min(limit),
+            None => want.saturating_mul(2).min(limit),
+        };
+        if next <= want {
+            // Nothing more to read: let the parser say what is missing.
+            return Ok(parse_table(&buf, count, ctx, base_offset)?);
+        }
+        want = next;
+    }
+}
+
 /// Bytes the table takes when encoded: entries padded to 8 between each
 /// other, none after the last.
 pub fn table_len(entries: &[SnapshotEntry]) -> u64 {
