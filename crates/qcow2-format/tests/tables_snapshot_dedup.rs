@@ -174,3 +174,50 @@ fn dedup_decode_never_panics() {
         Ok(())
     });
 }
+
+/// `read_table` fetches about what the entries reach (reads double from
+/// 64 KiB until every header is in), not the largest table allowed, and reports a table the
+/// available bytes cut short as the parser does.
+#[test]
+fn snapshot_table_is_read_as_far_as_its_entries_reach() {
+    let ctx = SnapshotContext {
+        geometry: ClusterGeometry::new(16).unwrap(),
+        version: 3,
+    };
+    let entries: Vec<SnapshotEntry> = (0..900u32)
+        .map(|i| SnapshotEntry {
+            l1_table_offset: HostOffset(u64::from(i + 1) << 16),
+            l1_size: 1,
+            extra_data: vec![0; 16],
+            id: i.to_string().into_bytes(),
+            name: vec![b'n'; 40 + (i % 50) as usize],
+            ..Default::default()
+        })
+        .collect();
+    let bytes = snapshot::encode_table(&entries, &ctx).unwrap();
+    assert!(bytes.len() > 64 << 10, "the table needs more than one read");
+    // The file holds junk after the table, and far more than it.
+    let mut file = bytes.clone();
+    file.resize(8 << 20, 0xa5);
+    let mut reads = Vec::new();
+    let got = snapshot::read_table(900, &ctx, 0, file.len() as u64, |len| {
+        reads.push(len);
+        Ok::<_, qcow2_format::FormatError>(file[..len as usize].to_vec())
+    })
+    .unwrap();
+    assert_eq!(got, entries);
+    assert!(reads.windows(2).all(|w| w[0] < w[1]), "{reads:?}");
+    // Reads double until the headers are all in: never twice the table.
+    let last = *reads.last().unwrap();
+    assert!(
+        last >= bytes.len() as u64 && last < 2 * bytes.len() as u64,
+        "{reads:?}"
+    );
+
+    let short = bytes.len() as u64 - 10;
+    let err = snapshot::read_table(900, &ctx, 0, short, |len| {
+        Ok::<_, qcow2_format::FormatError>(file[..len as usize].to_vec())
+    })
+    .unwrap_err();
+    assert_eq!(err.rule, qcow2_format::rules::SNAP_ENTRY, "{err}");
+}
