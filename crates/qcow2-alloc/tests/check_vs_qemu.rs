@@ -310,6 +310,65 @@ fn data_cluster_at_32_pib_with_512_byte_clusters() {
     assert_eq!(done.final_report().leaks, 0);
 }
 
+/// iotest 112 at the top of the 64-bit width: a data cluster whose
+/// refcount has the MSb set, or is u64::MAX, with COPIED clear. Both tools
+/// count it alike; a write through it copies the cluster (it is shared as
+/// far as anyone can tell) and leaves the old one and its count alone.
+#[test]
+fn sixty_four_bit_refcounts_at_the_msb_and_the_maximum() {
+    for (name, value) in [("msb", 1u64 << 63), ("max", u64::MAX)] {
+        let dir = scratch();
+        let file = format!("i112-{name}.qcow2");
+        let path = make_image(
+            dir.path(),
+            &file,
+            "refcount_bits=64",
+            "1M",
+            &["write -P 0x11 0 64k"],
+        );
+        let host = host_of(&path, 0);
+        let l2 = first_l2(&path);
+        poke_u64(&path, l2, peek_u64(&path, l2) & !(1 << 63));
+        set_refcount(&path, host / 65536, value);
+        let ours = assert_same_as_qemu(dir.path(), &file);
+        assert!(ours.leaks > 0, "{name}: {:#?}", ours.findings);
+
+        let storage = std::sync::Arc::new(qcow2_io::FileStorage::open(&path, true).unwrap());
+        let writable = qcow2_image::OpenOptions {
+            writable: true,
+            backing: qcow2_image::BackingMode::Ignore,
+        };
+        let image = qcow2_image::Image::open(storage, writable).unwrap();
+        image.write_at(&[0x22u8; 512], 512).unwrap();
+        image.close().unwrap();
+        assert_ne!(
+            host_of(&path, 0),
+            host,
+            "{name}: the write copied the cluster"
+        );
+        assert_eq!(
+            refcount(&path, host / 65536),
+            value - 1,
+            "{name}: one reference dropped"
+        );
+        let old = peek_u64(&path, host);
+        assert_eq!(
+            old, 0x1111_1111_1111_1111,
+            "{name}: the old cluster is untouched"
+        );
+        qemu_io(
+            dir.path(),
+            &file,
+            &[
+                "read -P 0x11 0 512",
+                "read -P 0x22 512 512",
+                "read -P 0x11 1024 63k",
+            ],
+        );
+        assert_same_as_qemu(dir.path(), &file);
+    }
+}
+
 /// iotest 112: with refcount_bits=1 a cluster can hold one reference; two
 /// L2 entries naming one data cluster need a refcount of 2. Our check
 /// counts it as qemu-img does, and repair cannot fix what the width cannot

@@ -278,6 +278,64 @@ fn missing_table_and_entries_past_the_end_are_repaired() {
     }
 }
 
+/// iotest 108: a data cluster referenced beyond the coverage of every
+/// refcount block. With 512-byte clusters the one block covers host
+/// clusters 0..256, and qemu-io fills all of them; guest cluster 248 is
+/// then pointed at host cluster 256, the first past the coverage, which is
+/// where a rebuild that forgot the reference would put the new block.
+/// Both repairs must keep that cluster's data.
+#[test]
+fn a_cluster_beyond_the_refcount_coverage_survives_the_rebuild() {
+    const CS: u64 = 512;
+    let dir = scratch();
+    let path = make_image(
+        dir.path(),
+        "i108.qcow2",
+        "cluster_size=512",
+        "1M",
+        &["write -P 0x11 0 126976"],
+    );
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        256 * CS,
+        "every covered cluster used"
+    );
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.resize(257 * CS as usize, 0x22);
+    fs::write(&path, &bytes).unwrap();
+    let l1 = header(&path).l1_table_offset.get();
+    let l2 = peek_u64(&path, l1 + 3 * 8) & 0x00ff_ffff_ffff_fe00;
+    poke_u64(&path, l2 + 56 * 8, (1 << 63) | (256 * CS));
+    let (before, _) = qemu_check(dir.path(), "i108.qcow2", &[]);
+    assert!(before["corruptions"] > 0, "{before:?}");
+    assert!(!our_check(&path).is_clean());
+    let theirs = copy(&path, dir.path(), "i108-qemu.qcow2");
+    let want = raw_content(&path);
+    assert!(want[248 * CS as usize..249 * CS as usize]
+        .iter()
+        .all(|&b| b == 0x22));
+
+    let done = our_repair(&path, RepairMode::All).expect("repair");
+    assert!(
+        done.final_report().is_clean(),
+        "{:#?}",
+        done.final_report().findings
+    );
+    assert!(qemu_clean(&path), "qemu-img check after our repair");
+    assert_eq!(raw_content(&path), want, "guest data after our repair");
+
+    qemu_img_ok(dir.path(), &["check", "-q", "-r", "all", "i108-qemu.qcow2"]);
+    assert!(
+        our_check(&theirs).is_clean(),
+        "our check after qemu-img's repair"
+    );
+    assert_eq!(
+        raw_content(&theirs),
+        want,
+        "guest data after qemu-img's repair"
+    );
+}
+
 #[test]
 fn copied_flags_are_fixed() {
     let dir = scratch();
