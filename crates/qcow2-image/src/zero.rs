@@ -1,5 +1,6 @@
 //! Zero writes and discards: whole clusters (or subclusters) change their
-//! mapping; the unaligned edges of a zero write are written as zero bytes.
+//! mapping; the unaligned edges of a zero write are written as zero bytes,
+//! unless their unit reads as zeros already and can take the zero flag.
 
 use std::sync::PoisonError;
 
@@ -8,6 +9,7 @@ use qcow2_format::tables::l2_extended::ExtendedL2Mapping;
 use crate::error::Result;
 use crate::image::Image;
 use crate::meta::Meta;
+use crate::status::ExtentKind;
 
 /// What to do with the range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,9 +29,10 @@ impl Image {
     }
 
     /// Discards `[offset, offset + len)`: whole clusters (subclusters with
-    /// extended L2) are unmapped and their host clusters freed. On version 3
-    /// they then read as zeros; on version 2 they read from the backing
-    /// file, or as zeros without one. Partial clusters are left alone.
+    /// extended L2) are unmapped and their host clusters freed, and then
+    /// read as zeros. On version 2, which has no zero flag, an image with a
+    /// backing file keeps its clusters, as QEMU does (unmapping would show
+    /// the backing file's data). Partial clusters are left alone.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.change_range(offset, len, Mode::Discard)
     }
@@ -69,23 +72,35 @@ impl Image {
             } else {
                 (within + n) / us
             };
-            let zeroing = matches!(mode, Mode::Zero { .. });
-            if first_unit < end_unit {
-                let mask = layout.mask(first_unit as u32, (end_unit - first_unit) as u32);
-                self.change_units(meta, cluster, mask, mode)?;
-                if zeroing {
-                    // Edges that do not cover a whole unit get zero bytes.
-                    let base = cluster * cs;
-                    self.zero_bytes(
-                        meta,
-                        base + within,
-                        (first_unit * us).saturating_sub(within),
-                    )?;
-                    let tail = end_unit * us;
-                    self.zero_bytes(meta, base + tail, (within + n).saturating_sub(tail))?;
+            let mut mask = if first_unit < end_unit {
+                layout.mask(first_unit as u32, (end_unit - first_unit) as u32)
+            } else {
+                0
+            };
+            let mut edges = Vec::new();
+            if matches!(mode, Mode::Zero { .. }) {
+                // The parts of at most two units the range covers only in
+                // part. As QEMU does, a unit that reads as zeros already
+                // takes the zero flag whole; any other gets zero bytes.
+                let head_end = (within + n).min(first_unit * us);
+                let tail_start = (end_unit * us).max(head_end);
+                for (start, stop) in [(within, head_end), (tail_start, within + n)] {
+                    if start >= stop {
+                        continue;
+                    }
+                    let unit = (start / us) as u32;
+                    if self.unit_reads_zero(meta, cluster, unit)? {
+                        mask |= layout.mask(unit, 1);
+                    } else {
+                        edges.push((cluster * cs + start, stop - start));
+                    }
                 }
-            } else if zeroing {
-                self.zero_bytes(meta, pos, n)?;
+            }
+            if mask != 0 {
+                self.change_units(meta, cluster, mask, mode)?;
+            }
+            for (guest, len) in edges {
+                self.zero_bytes(meta, guest, len)?;
             }
             pos += n;
         }
@@ -96,6 +111,36 @@ impl Image {
     /// cluster (both locks held; version 3).
     pub(crate) fn zero_cluster_locked(&self, meta: &mut Meta, cluster: u64) -> Result<()> {
         self.change_units(meta, cluster, self.layout.all(), Mode::Zero { unmap: true })
+    }
+
+    /// Whether unit `unit` of guest cluster `cluster` reads as zeros by
+    /// block status alone, as QEMU decides it: zero flagged, or unallocated
+    /// over a backing chain that has nothing there (or over none). On
+    /// version 2, which has no zero flag, such a cluster is left as it is.
+    fn unit_reads_zero(&self, meta: &mut Meta, cluster: u64, unit: u32) -> Result<bool> {
+        let bit = self.layout.mask(unit, 1);
+        let (zero, below) = match meta.mapping(&*self.storage, cluster)? {
+            ExtendedL2Mapping::Unallocated { zero } => (zero & bit != 0, true),
+            ExtendedL2Mapping::Allocated {
+                allocated, zero, ..
+            } => (zero & bit != 0, allocated & bit == 0),
+            ExtendedL2Mapping::Compressed(_) => (false, false),
+        };
+        if zero || !below {
+            return Ok(zero);
+        }
+        let us = self.layout.unit_size();
+        let start = cluster * self.layout.cluster_size() + u64::from(unit) * us;
+        match &self.backing {
+            Some(backing) => Ok(backing.block_status(start, us)?.iter().all(|e| {
+                matches!(
+                    e.kind,
+                    ExtentKind::Zero { .. } | ExtentKind::Unallocated { .. }
+                )
+            })),
+            // A backing file we were told to ignore may still hold data.
+            None => Ok(meta.area.backing_file.is_none()),
+        }
     }
 
     fn zero_bytes(&self, meta: &mut Meta, guest: u64, len: u64) -> Result<()> {
@@ -120,15 +165,33 @@ impl Image {
                     let cs = layout.cluster_size();
                     return self.zero_bytes(meta, cluster * cs, cs);
                 }
+                // Unmapping would show the backing file's data where the
+                // guest had its own; QEMU keeps the cluster too.
+                Mode::Discard if has_backing => return Ok(()),
                 _ => {}
             }
             return meta.unmap(&*self.storage, cluster, old);
         }
-        let allocated_before = !matches!(old, ExtendedL2Mapping::Unallocated { zero: 0 });
+        if mode == Mode::Discard && !has_backing {
+            if let ExtendedL2Mapping::Unallocated { .. } = old {
+                // Reads as zeros already, zero flags or not; QEMU leaves
+                // such an entry as it is too.
+                return Ok(());
+            }
+        }
         let new = match (old, mode) {
+            (ExtendedL2Mapping::Compressed(_), Mode::Zero { .. }) if mask != all => {
+                // A compressed cluster has no subclusters: as QEMU does, the
+                // units get zero bytes, which copies the cluster out first.
+                let (cs, us) = (layout.cluster_size(), layout.unit_size());
+                for unit in (0..layout.units()).filter(|&u| mask & layout.mask(u, 1) != 0) {
+                    self.zero_bytes(meta, cluster * cs + u64::from(unit) * us, us)?;
+                }
+                return Ok(());
+            }
             (ExtendedL2Mapping::Compressed(_), _) if mask != all => {
                 // A compressed cluster has no subclusters: decompress into a
-                // fresh cluster first, then zero its units.
+                // fresh cluster first, then drop its units.
                 let cs = layout.cluster_size();
                 let data = {
                     let mut buf = vec![0u8; cs as usize];
@@ -171,7 +234,6 @@ impl Image {
             (ExtendedL2Mapping::Unallocated { zero }, _) if mask != all => {
                 ExtendedL2Mapping::Unallocated { zero: zero | mask }
             }
-            (_, Mode::Discard) if !has_backing && !allocated_before => return Ok(()),
             _ => ExtendedL2Mapping::Unallocated { zero: all },
         };
         if new == old {

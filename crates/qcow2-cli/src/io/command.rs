@@ -15,8 +15,8 @@ Commands (each -c argument is one command; options come before operands):
       end of the disk); -z writes zeros without data (zero clusters), -u
       lets zeroed clusters be unmapped
   discard [-q] OFFSET LENGTH
-      discard whole clusters (they read as zeros, or from the backing file
-      on compat=0.10 images)
+      discard whole clusters (they read as zeros; a compat=0.10 image with
+      a backing file keeps its clusters, as in QEMU)
   truncate SIZE
       change the virtual size (grow or shrink)
   map
