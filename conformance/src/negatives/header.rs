@@ -47,6 +47,18 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             bytes(b)
         }),
         case(
+            HDR_LENGTH,
+            "file ends after the 104 fixed bytes, before header_length",
+            |i| {
+                let mut b = plain(i)?;
+                if u32::from_be_bytes([b[100], b[101], b[102], b[103]]) <= 104 {
+                    return Err("the plain image's header_length is 104".into());
+                }
+                b.truncate(104);
+                bytes(b)
+            },
+        ),
+        case(
             HDR_FIRST_CLUSTER,
             "header_length beyond a 512-byte cluster",
             |i| {

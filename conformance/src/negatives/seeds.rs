@@ -139,6 +139,27 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         case(CF_EXTRA_DATA, "8 bytes of extra data", |i| {
             with_cf(i, |c| c.extra_data = vec![1, 2, 3, 4, 5, 6, 7, 8])
         }),
+        // CF-LENGTH's other reading: the stored length counts the padding
+        // (zeros). Readers must accept it and a rewrite keep it, which the
+        // ignore-and-keep consequence checks across a resize.
+        case(
+            CF_EXTRA_DATA,
+            "3 bytes of extra data, length counting the padding",
+            |i| {
+                let input = with_cf(i, |c| {
+                    c.extra_data = vec![1, 2, 3];
+                    c.length_includes_padding = true;
+                })?;
+                let CaseInput::Bytes(b) = &input else {
+                    return Err("with_cf returns bytes".into());
+                };
+                let a = HeaderArea::parse(b).map_err(|e| e.to_string())?;
+                match a.compress_format() {
+                    Some(c) if c.length_includes_padding => Ok(input),
+                    _ => Err("the stored length does not count the padding".into()),
+                }
+            },
+        ),
         case(
             CF_CONFLICT,
             "compress format with incompatible bit 3",

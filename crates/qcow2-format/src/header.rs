@@ -320,8 +320,17 @@ impl Header {
         // Checked before slicing so a huge header_length cannot index past the buffer.
         let end = len as usize;
         if buf.len() < end {
+            // Past cluster 0 it breaks HDR-FIRST-CLUSTER; inside it, the
+            // bytes are simply missing from the file (HDR-LENGTH).
+            let in_cluster =
+                header.cluster_bits < 64 && u64::from(len) <= 1u64 << header.cluster_bits;
+            let rule = if in_cluster {
+                rules::HDR_LENGTH
+            } else {
+                rules::HDR_FIRST_CLUSTER
+            };
             return Err(FormatError::new(
-                rules::HDR_FIRST_CLUSTER,
+                rule,
                 100,
                 ErrorKind::Truncated {
                     what: "header (header_length)",

@@ -317,3 +317,83 @@ fn dirty_image_is_repaired_on_writable_open() {
     common::assert_qemu_reads_pattern(&path, 0, 1 << 20, 0x61);
     common::assert_qemu_reads_pattern(&path, 2 << 20, 4096, 0x62);
 }
+
+/// EXT-FRAMING's tolerances, which QEMU has too: the extension area may end
+/// inside an entry's padding, and with no end marker. The backing file name
+/// is moved right after the five bytes of the backing format ("qcow2"), so
+/// the area ends there. QEMU and we both still find the backing file and
+/// read through it.
+#[test]
+fn extension_area_ending_inside_padding_without_end_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = d.join("base.qcow2");
+    let top = d.join("top.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "1M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x42 0 64k",
+            base.to_str().unwrap(),
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            top.to_str().unwrap(),
+        ],
+    );
+    let mut bytes = std::fs::read(&top).unwrap();
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let header_length = be32(&bytes, 100) as usize;
+    // The first extension is the backing format, "qcow2".
+    assert_eq!(
+        be32(&bytes, header_length),
+        0xe279_2aca,
+        "backing format first"
+    );
+    assert_eq!(be32(&bytes, header_length + 4), 5);
+    let name_at = u64::from_be_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let name_len = be32(&bytes, 16) as usize;
+    let name = bytes[name_at..name_at + name_len].to_vec();
+    let new_at = header_length + 8 + 5;
+    bytes[new_at..name_at + name_len].fill(0);
+    bytes[new_at..new_at + name_len].copy_from_slice(&name);
+    bytes[8..16].copy_from_slice(&(new_at as u64).to_be_bytes());
+    std::fs::write(&top, &bytes).unwrap();
+
+    let info = run(
+        "qemu-img",
+        &["info", "--output=json", top.to_str().unwrap()],
+    );
+    assert!(
+        info.contains("\"backing-filename\": \"base.qcow2\""),
+        "{info}"
+    );
+    assert!(
+        info.contains("\"backing-filename-format\": \"qcow2\""),
+        "{info}"
+    );
+    let image = Image::open_path(&top, false).expect("we open it too");
+    let mut buf = vec![0u8; 65536];
+    image.read_at(&mut buf, 0).unwrap();
+    assert!(
+        buf.iter().all(|&b| b == 0x42),
+        "read through the backing file"
+    );
+    assert_same_content(d, &top);
+}
