@@ -69,6 +69,38 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 bytes(b)
             },
         ),
+        // iotest 080's extreme values.
+        case(HDR_LENGTH, "header_length 0xffffffff", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 100, 0xffff_ffff);
+            bytes(b)
+        }),
+        case(HDR_FIRST_CLUSTER, "header_length 0x7ffffff8", |i| {
+            let mut b = plain(i)?;
+            put_u32(&mut b, 100, 0x7fff_fff8);
+            bytes(b)
+        }),
+        case(EXT_FRAMING, "extension length 0x7fffffff", |i| {
+            let mut b = plain(i)?;
+            let at = u32::from_be_bytes([b[100], b[101], b[102], b[103]]) as usize;
+            put_u32(&mut b, at, 0x7a7a_7a7a);
+            put_u32(&mut b, at + 4, 0x7fff_ffff);
+            bytes(b)
+        }),
+        case(
+            EXT_FRAMING,
+            "backing_file_offset inside an extension's framing",
+            |i| {
+                let mut b = plain(i)?;
+                let at = u32::from_be_bytes([b[100], b[101], b[102], b[103]]) as usize;
+                put_u32(&mut b, at, 0x7a7a_7a7a);
+                put_u32(&mut b, at + 4, 8);
+                b[at + 8..at + 16].copy_from_slice(b"base.img");
+                put_u64(&mut b, 8, at as u64 + 4);
+                put_u32(&mut b, 16, 4);
+                bytes(b)
+            },
+        ),
         case(HDR_CLUSTER_BITS, "cluster_bits 8", |i| {
             let mut b = plain(i)?;
             put_u32(&mut b, 20, 8);

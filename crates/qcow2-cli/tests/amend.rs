@@ -247,6 +247,17 @@ fn refusals_leave_the_file_alone() {
     amend_refused(d, "a.qcow2", "backing_file=x", "'backing_file'");
     amend_refused(d, "a.qcow2", "encrypt.new-secret=x", "'encrypt.new-secret'");
     amend_refused(d, "a.qcow2", "foo=1", "'foo'");
+    // Creation-only options, and lazy refcounts on the version 2 being set
+    // in the same call (iotest 061); qemu-img refuses all three alike.
+    amend_refused(d, "a.qcow2", "cluster_size=4k", "'cluster_size'");
+    amend_refused(d, "a.qcow2", "preallocation=metadata", "'preallocation'");
+    create(d, "l.qcow2", "compat=1.1", &[]);
+    amend_refused(
+        d,
+        "l.qcow2",
+        "compat=0.10,lazy_refcounts=on",
+        "compatibility level 1.1",
+    );
 
     create(d, "x.qcow2", "extended_l2=on", &[]);
     amend_refused(d, "x.qcow2", "compat=0.10", "extended L2 entries");
@@ -371,4 +382,42 @@ fn downgrade_drops_unknown_compatible_and_autoclear_bits() {
     }
     let cmp = qemu_img(d, &["compare", "u.qcow2", "u-qemu.qcow2"]);
     assert_eq!(cmp.status.code(), Some(0), "{}", stdout(&cmp));
+}
+
+/// iotest 061's fully preallocated image: zero writes without unmap keep
+/// their host clusters as preallocated zero clusters, which a downgrade to
+/// version 2 (no zero flag) must fill with zeros on disk.
+#[test]
+fn downgrade_expands_preallocated_zero_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        "qemu-img create",
+        &qemu_img(
+            d,
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "preallocation=full",
+                "p.qcow2",
+                "64M",
+            ],
+        ),
+    );
+    io(
+        d,
+        "p.qcow2",
+        &["write -P 0x5c 0 64M", "write -z 1M 8M", "write -z 20M 100k"],
+    );
+    copy(d, "p.qcow2", "orig.qcow2");
+    let map = qemu_img(d, &["map", "--output=json", "p.qcow2"]);
+    assert!(
+        stdout(&map).contains("\"zero\": true, \"data\": false, \"compressed\": false, \"offset\""),
+        "preallocated zero clusters before the downgrade: {}",
+        stdout(&map)
+    );
+    amend_ok(d, "p.qcow2", "compat=0.10", "orig.qcow2");
+    assert_eq!(specific(d, "p.qcow2")["compat"], "0.10");
 }
