@@ -110,6 +110,19 @@ impl ImageError {
         }
     }
 
+    /// Whether the storage failed a read. Nothing on disk changed then, and
+    /// every metadata change in memory is whole before the next read, so
+    /// the image need not refuse later writes (QEMU carries on too).
+    pub fn is_read_failure(&self) -> bool {
+        let action = match self {
+            Self::Io { action, .. }
+            | Self::Alloc(AllocError::Io { action, .. })
+            | Self::Dedup(qcow2_dedup::DedupError::Io { action, .. }) => action,
+            _ => return false,
+        };
+        action.starts_with("reading")
+    }
+
     /// Wraps an I/O error with what was being done and where.
     pub fn io(action: &'static str, offset: u64, source: std::io::Error) -> Self {
         Self::Io {

@@ -354,10 +354,11 @@ impl Image {
         }
         let result = op(meta);
         if let Err(e) = &result {
-            if !matches!(
+            let harmless = matches!(
                 e,
                 ImageError::OutOfBounds { .. } | ImageError::InvalidArgument { .. }
-            ) {
+            ) || e.is_read_failure();
+            if !harmless {
                 meta.poisoned = true;
             }
             let overlap = matches!(

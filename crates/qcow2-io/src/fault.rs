@@ -9,6 +9,12 @@
 //! Reads and `len` keep working, so a test can inspect what survived, either
 //! through the wrapper or through [`FaultStorage::inner`].
 //!
+//! A fault made with [`Fault::once`] leaves the storage alive instead: only
+//! the one operation fails and everything after it works, like a transient
+//! error (QEMU's blkdebug `once=on`). Reads can fail too
+//! ([`Trigger::Read`]), to reach the error paths of table and refcount
+//! block loads.
+//!
 //! Typical crash test: run a workload once on a healthy wrapper and read the
 //! counters ([`FaultStorage::writes_of`], [`FaultStorage::flushes`], ...),
 //! then re-run it once per event, each time on a fresh wrapper armed to break
@@ -33,13 +39,16 @@ pub enum Trigger {
     WriteOf(WriteKind, u64),
     /// The `n`th flush.
     Flush(u64),
+    /// The `n`th call of [`Storage::read_at`]. A tearing effect fails it
+    /// whole: a read hands back nothing.
+    Read(u64),
 }
 
 impl Trigger {
     /// The ordinal `n` of the triggering event.
     pub const fn nth(self) -> u64 {
         match self {
-            Trigger::Write(n) | Trigger::WriteOf(_, n) | Trigger::Flush(n) => n,
+            Trigger::Write(n) | Trigger::WriteOf(_, n) | Trigger::Flush(n) | Trigger::Read(n) => n,
         }
     }
 
@@ -51,6 +60,7 @@ impl Trigger {
                 want == *kind
             }
             (Trigger::Flush(_), Op::Flush) => true,
+            (Trigger::Read(_), Op::Read { .. }) => true,
             _ => false,
         }
     }
@@ -102,12 +112,31 @@ pub struct Fault {
     pub trigger: Trigger,
     /// What that operation does.
     pub effect: Effect,
+    /// Whether the storage stays alive after the fault (see
+    /// [`Fault::once`]).
+    pub once: bool,
 }
 
 impl Fault {
-    /// A fault with the given trigger and effect.
+    /// A fault with the given trigger and effect, after which the storage
+    /// is dead.
     pub const fn new(trigger: Trigger, effect: Effect) -> Self {
-        Self { trigger, effect }
+        Self {
+            trigger,
+            effect,
+            once: false,
+        }
+    }
+
+    /// The same fault, but only the triggering operation fails: the
+    /// storage stays alive and later operations reach the inner storage.
+    pub const fn once(self) -> Self {
+        Self { once: true, ..self }
+    }
+
+    /// Fails the `n`th read.
+    pub const fn fail_read(n: u64) -> Self {
+        Self::new(Trigger::Read(n), Effect::Fail)
     }
 
     /// Fails the `n`th write of any kind.
@@ -147,7 +176,12 @@ impl fmt::Display for Fault {
             Trigger::Write(n) => write!(f, "{effect} write #{n}"),
             Trigger::WriteOf(kind, n) => write!(f, "{effect} {kind:?} write #{n}"),
             Trigger::Flush(n) => write!(f, "{effect} flush #{n}"),
+            Trigger::Read(n) => write!(f, "{effect} read #{n}"),
+        }?;
+        if self.once {
+            f.write_str(" (once)")?;
         }
+        Ok(())
     }
 }
 
@@ -218,6 +252,13 @@ pub enum Op {
         /// Length of the range.
         len: u64,
     },
+    /// [`Storage::read_at`] of `len` bytes (counted, never logged).
+    Read {
+        /// Start of the read.
+        offset: u64,
+        /// Length of the buffer.
+        len: u64,
+    },
 }
 
 /// What became of a recorded operation.
@@ -273,8 +314,11 @@ struct Armed {
 struct State {
     writes: [u64; WriteKind::ALL.len()],
     flushes: u64,
+    reads: u64,
     armed: Option<Armed>,
     fired: Option<Record>,
+    /// Set when a fault that is not `once` fired.
+    dead: bool,
     recording: bool,
     log: Vec<Record>,
 }
@@ -335,6 +379,7 @@ impl<S: Storage> FaultStorage<S> {
         );
         let mut state = self.lock();
         state.fired = None;
+        state.dead = false;
         state.armed = Some(Armed { fault, seen: 0 });
     }
 
@@ -350,6 +395,7 @@ impl<S: Storage> FaultStorage<S> {
         let mut state = self.lock();
         state.armed = None;
         state.fired = None;
+        state.dead = false;
     }
 
     /// The fault waiting to fire, if any.
@@ -358,13 +404,19 @@ impl<S: Storage> FaultStorage<S> {
     }
 
     /// True once the armed fault has fired; the storage is then dead until
-    /// the next [`FaultStorage::arm`] or [`FaultStorage::revive`].
+    /// the next [`FaultStorage::arm`] or [`FaultStorage::revive`], unless
+    /// the fault was [`Fault::once`].
     pub fn fired(&self) -> bool {
         self.lock().fired.is_some()
     }
 
-    /// The operation that fired the fault and what became of it, while the
-    /// storage is dead.
+    /// True while the storage refuses changes after a fault.
+    pub fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    /// The operation that fired the fault and what became of it, until the
+    /// next [`FaultStorage::arm`] or [`FaultStorage::revive`].
     pub fn fired_by(&self) -> Option<Record> {
         self.lock().fired
     }
@@ -384,6 +436,11 @@ impl<S: Storage> FaultStorage<S> {
     /// Flushes attempted since creation, including failed and refused ones.
     pub fn flushes(&self) -> u64 {
         self.lock().flushes
+    }
+
+    /// Reads attempted since creation, including failed ones.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
     }
 
     /// Starts or stops recording every changing operation (writes, zero
@@ -421,11 +478,12 @@ impl<S: Storage> FaultStorage<S> {
                 state.writes[kind_index(kind)] += 1;
             }
             Op::Flush => state.flushes += 1,
+            Op::Read { .. } => state.reads += 1,
             Op::SetLen(_) | Op::PunchHole { .. } => {}
         }
 
         let mut decision = Decision::Forward;
-        if state.fired.is_some() {
+        if state.dead {
             decision = Decision::Refuse;
         } else if let Some(armed) = state.armed.as_mut() {
             if armed.fault.trigger.counts(&op) {
@@ -450,10 +508,11 @@ impl<S: Storage> FaultStorage<S> {
         };
         let record = Record { op, outcome };
         if let Decision::Fire(_) = decision {
-            state.armed = None;
+            let once = state.armed.take().is_some_and(|a| a.fault.once);
             state.fired = Some(record);
+            state.dead = !once;
         }
-        if state.recording {
+        if state.recording && !matches!(op, Op::Read { .. }) {
             state.log.push(record);
         }
         decision
@@ -472,7 +531,12 @@ impl<S: Storage> FaultStorage<S> {
 
 impl<S: Storage> Storage for FaultStorage<S> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
+        let len = buf.len() as u64;
+        match self.decide(Op::Read { offset, len }) {
+            Decision::Fire(_) => Err(FaultError::Injected.into()),
+            // A dead storage still reads: tests inspect what survived.
+            Decision::Forward | Decision::Refuse => self.inner.read_at(buf, offset),
+        }
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, kind: WriteKind) -> io::Result<()> {

@@ -556,3 +556,62 @@ fn faults_display_readably() {
     );
     assert_eq!(Trigger::WriteOf(WriteKind::L1, 5).nth(), 5);
 }
+
+#[test]
+fn a_read_fault_fails_that_read_only() {
+    let disk = new_disk();
+    disk.write_at(&[7u8; 64], 0, WriteKind::Data).unwrap();
+    disk.arm(Fault::fail_read(2));
+    let mut buf = [0u8; 16];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert_eq!(fault_of(disk.read_at(&mut buf, 16)), FaultError::Injected);
+    assert!(disk.fired() && disk.is_dead());
+    // Reads go on working on a dead storage; changes do not.
+    disk.read_at(&mut buf, 16).unwrap();
+    assert_eq!(buf, [7u8; 16]);
+    assert_eq!(
+        fault_of(disk.write_at(&[1u8; 4], 0, WriteKind::Data)),
+        FaultError::Dead
+    );
+    assert_eq!(disk.reads(), 3);
+    assert!(
+        matches!(
+            disk.fired_by().map(|r| r.op),
+            Some(Op::Read {
+                offset: 16,
+                len: 16
+            })
+        ),
+        "{:?}",
+        disk.fired_by()
+    );
+}
+
+#[test]
+fn a_once_fault_leaves_the_storage_alive() {
+    for fault in [
+        Fault::fail_read(1).once(),
+        Fault::fail_write(1).once(),
+        Fault::fail_flush(1).once(),
+    ] {
+        let disk = new_disk();
+        disk.arm(fault);
+        let mut buf = [0u8; 8];
+        let first = match fault.trigger {
+            Trigger::Read(_) => disk.read_at(&mut buf, 0).map(|_| ()),
+            Trigger::Flush(_) => disk.flush(),
+            _ => disk.write_at(&[1u8; 8], 0, WriteKind::Data),
+        };
+        assert_eq!(fault_of(first), FaultError::Injected, "{fault}");
+        assert!(disk.fired() && !disk.is_dead(), "{fault}");
+        assert_eq!(disk.armed(), None, "{fault} fires once");
+        disk.write_at(&[2u8; 8], 0, WriteKind::Data).unwrap();
+        disk.flush().unwrap();
+        disk.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [2u8; 8], "{fault}");
+    }
+    assert_eq!(
+        Fault::fail_read(3).once().to_string(),
+        "fail read #3 (once)"
+    );
+}
