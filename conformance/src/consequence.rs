@@ -69,8 +69,70 @@ fn names(e: &ImageError, rule: RuleId) -> bool {
 }
 
 /// Checks that the engine does with `bytes` (which break `rule`) what
-/// `expected` says; `Ok` holds a description of what happened.
+/// `expected` says, then what the rule's own text adds (see
+/// [`follow_through`]); `Ok` holds a description of what happened.
 pub fn observe(bytes: &[u8], rule: RuleId, expected: Consequence) -> Result<String, String> {
+    let seen = observe_violation(bytes, rule, expected)?;
+    match follow_through(bytes, rule)? {
+        Some(more) => Ok(format!("{seen}; {more}")),
+        None => Ok(seen),
+    }
+}
+
+/// What some rules say beyond their Violation word, run on the broken
+/// image: FEAT-DIRTY's read-write open rebuilds the refcounts and clears
+/// the bit; FEAT-CORRUPT's repair clears the bit when nothing is left to
+/// repair; EXT-PADDING's header rewrite writes zero padding.
+fn follow_through(bytes: &[u8], rule: RuleId) -> Result<Option<String>, String> {
+    use qcow2_format::rules::{EXT_PADDING, FEAT_CORRUPT, FEAT_DIRTY};
+    let bit = |b: &[u8], n: u32| {
+        HeaderArea::parse(b).map(|a| a.header.incompatible_features & (1 << n) != 0)
+    };
+    if rule == FEAT_DIRTY {
+        let (image, storage) = open(bytes, true)
+            .map_err(|e| format!("read-write open of a dirty image failed: {e}"))?;
+        image.close().map_err(|e| format!("close: {e}"))?;
+        let after = storage.to_vec();
+        let left = crate::evaluate::evaluate(&after);
+        if !left.triggered().is_empty() || bit(&after, 0).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "after a read-write open: {}, dirty bit {:?}",
+                left.describe(),
+                bit(&after, 0)
+            ));
+        }
+        return Ok(Some(
+            "a read-write open rebuilt the refcounts and cleared the bit".into(),
+        ));
+    }
+    if rule == FEAT_CORRUPT {
+        let repaired = repair_all(bytes)?;
+        if bit(&repaired, 1).map_err(|e| e.to_string())? {
+            return Err("check -r all left nothing to repair but kept the corrupt bit".into());
+        }
+        open(&repaired, true).map_err(|e| format!("still not writable after the repair: {e}"))?;
+        return Ok(Some(
+            "check -r all cleared the corrupt bit; the image then opens for writing".into(),
+        ));
+    }
+    if rule == EXT_PADDING {
+        let (image, storage) =
+            open(bytes, true).map_err(|e| format!("refused for writing: {e}"))?;
+        let grown = image.size() + image.cluster_size();
+        image
+            .resize(grown)
+            .and_then(|()| image.close())
+            .map_err(|e| format!("rewrite (resize) failed: {e}"))?;
+        let area = HeaderArea::parse(&storage.to_vec()).map_err(|e| e.to_string())?;
+        if area.chain.findings.iter().any(|f| f.rule == EXT_PADDING) {
+            return Err("the header rewrite kept the non-zero padding".into());
+        }
+        return Ok(Some("a header rewrite (resize) wrote zero padding".into()));
+    }
+    Ok(None)
+}
+
+fn observe_violation(bytes: &[u8], rule: RuleId, expected: Consequence) -> Result<String, String> {
     match expected {
         Consequence::Refuse => match open(bytes, false) {
             Ok(_) => Err("opened, but the rule says refuse".into()),
