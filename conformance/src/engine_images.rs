@@ -383,13 +383,22 @@ pub fn dedup_images() -> [(&'static str, ImageBuilder); 2] {
     ]
 }
 
-/// Every image of the matrix, and an error line for each configuration the writer failed on.
+/// Records the writer's lapses in `bytes` (see
+/// [`crate::writer_structure::writer_lapses`]) as errors; true if any.
+fn lapses(name: &str, bytes: &[u8], errors: &mut Vec<String>) -> bool {
+    let found = crate::writer_structure::writer_lapses(bytes);
+    errors.extend(found.iter().map(|l| format!("writer image {name}: {l}")));
+    !found.is_empty()
+}
+
+/// Every image of the matrix, and an error line for each configuration the
+/// writer failed on or wrote with a lapse.
 pub fn build_all() -> (Vec<TestImage>, Vec<String>) {
     let mut images = Vec::new();
     let mut errors = Vec::new();
     for (name, build) in dedup_images() {
         match build() {
-            Ok(bytes) => images.push(TestImage {
+            Ok(bytes) if !lapses(name, &bytes, &mut errors) => images.push(TestImage {
                 name: name.to_string(),
                 origin: Origin::Writer,
                 bytes,
@@ -398,18 +407,20 @@ pub fn build_all() -> (Vec<TestImage>, Vec<String>) {
                 ),
                 path: None,
             }),
+            Ok(_) => {}
             Err(e) => errors.push(format!("writer failed on {name}: {e}")),
         }
     }
     for cfg in configs() {
         match build(&cfg) {
-            Ok(bytes) => images.push(TestImage {
+            Ok(bytes) if !lapses(&cfg.name(), &bytes, &mut errors) => images.push(TestImage {
                 name: cfg.name(),
                 origin: Origin::Writer,
                 bytes,
                 made_by: format!("our writer (qcow2-image): engine_images::build({cfg:?})"),
                 path: None,
             }),
+            Ok(_) => {}
             Err(e) => errors.push(format!("writer failed on {} ({cfg:?}): {e}", cfg.name())),
         }
     }

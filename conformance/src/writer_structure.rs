@@ -121,3 +121,41 @@ pub fn structure(bytes: &[u8]) -> Result<String, String> {
         .map(|t| t + "\n")
         .map_err(|e| e.to_string())
 }
+
+/// What our writer must leave zero though no reader looks at it, one line
+/// per lapse: the header padding up to header_length (HDR-LENGTH) and the
+/// rest of cluster 0 after the header area (HDR-FIRST-CLUSTER).
+pub fn writer_lapses(bytes: &[u8]) -> Vec<String> {
+    let mut area = match HeaderArea::parse(bytes) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("does not parse: {e}")],
+    };
+    let mut out = Vec::new();
+    if let Some(k) = area.header.tail.iter().position(|&b| b != 0) {
+        out.push(format!(
+            "HDR-LENGTH: header padding byte {} is {:#x}, not 0",
+            105 + k,
+            area.header.tail[k]
+        ));
+    }
+    let end = match area.to_bytes() {
+        Ok(b) => b.len(),
+        Err(e) => return vec![format!("does not serialize: {e}")],
+    };
+    let cluster = area
+        .header
+        .geometry()
+        .map(|g| g.cluster_size() as usize)
+        .unwrap_or(bytes.len())
+        .min(bytes.len());
+    if let Some(k) = bytes[end.min(cluster)..cluster]
+        .iter()
+        .position(|&b| b != 0)
+    {
+        out.push(format!(
+            "HDR-FIRST-CLUSTER: byte {:#x} of cluster 0, after the header area, is not 0",
+            end + k
+        ));
+    }
+    out
+}

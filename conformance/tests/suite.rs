@@ -252,3 +252,34 @@ fn every_normative_statement_has_a_defined_rule() {
         "the summary does not say {summary:?}"
     );
 }
+
+/// The writer-side clauses of HDR-LENGTH (zero header padding) and
+/// HDR-FIRST-CLUSTER (nothing else in cluster 0): every image our writer
+/// makes passes, and a byte planted in either place is reported.
+#[test]
+fn writer_lapses_in_cluster_zero_are_reported() {
+    let images = qcow2_conformance::engine_images::golden_images().unwrap();
+    assert!(!images.is_empty());
+    for (name, bytes) in &images {
+        let lapses = qcow2_conformance::writer_structure::writer_lapses(bytes);
+        assert!(lapses.is_empty(), "{name}: {lapses:?}");
+    }
+    let (name, clean) = &images[0];
+    let header_length = u32::from_be_bytes(clean[100..104].try_into().unwrap()) as usize;
+    assert!(header_length > 105, "{name} has header padding");
+    let mut padded = clean.clone();
+    padded[header_length - 1] = 1;
+    let found = qcow2_conformance::writer_structure::writer_lapses(&padded);
+    assert!(
+        found.len() == 1 && found[0].starts_with("HDR-LENGTH"),
+        "{found:?}"
+    );
+    let mut tail = clean.clone();
+    let cluster = 1usize << u32::from_be_bytes(clean[20..24].try_into().unwrap());
+    tail[cluster - 1] = 1;
+    let found = qcow2_conformance::writer_structure::writer_lapses(&tail);
+    assert!(
+        found.len() == 1 && found[0].starts_with("HDR-FIRST-CLUSTER"),
+        "{found:?}"
+    );
+}
