@@ -23,6 +23,7 @@ pub mod runner;
 pub mod seed_images;
 pub mod sparse_hex;
 pub mod spec_doc;
+pub mod tolerated;
 pub mod walk;
 pub mod writer_structure;
 

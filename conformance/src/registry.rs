@@ -29,8 +29,9 @@ fn v2(_: &[u8], a: &HeaderArea) -> bool {
 fn v3(_: &[u8], a: &HeaderArea) -> bool {
     a.header.version == 3
 }
+/// A backing file name, or a stored name size that must be ignored (offset 0).
 fn has_backing(_: &[u8], a: &HeaderArea) -> bool {
-    a.backing_file.is_some()
+    a.backing_file.is_some() || a.header.backing_file_size != 0
 }
 fn has_backing_format(_: &[u8], a: &HeaderArea) -> bool {
     a.backing_format().is_some()
