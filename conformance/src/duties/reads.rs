@@ -41,6 +41,13 @@ fn chain_backing(images: &[TestImage]) -> Result<BackingMode, String> {
     Ok(BackingMode::Provided(Arc::new(base)))
 }
 
+/// A raw backing file holding `bytes`.
+fn raw_backing(bytes: Vec<u8>) -> Result<BackingMode, String> {
+    let storage = Arc::new(qcow2_io::MemoryStorage::from_bytes(bytes));
+    let raw = qcow2_image::RawBacking::new(storage).map_err(|e| e.to_string())?;
+    Ok(BackingMode::Provided(Arc::new(raw)))
+}
+
 /// The file offset of the L1 table and the cluster bits of `bytes`.
 fn l1_of(bytes: &[u8]) -> Result<(usize, u32), String> {
     let a = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
@@ -160,6 +167,50 @@ pub(super) fn cases() -> Vec<DutyCase> {
                     &golden(i, "chain-top")?,
                     "chain-top",
                     BackingMode::Ignore,
+                ))
+            },
+        ),
+        duty(
+            READ_UNALLOCATED,
+            Positive,
+            "data-v3, which names no backing file: unallocated clusters read as zeros",
+            "data-v3",
+            |i| alone(i, "data-v3"),
+        ),
+        duty(
+            READ_UNALLOCATED,
+            Negative,
+            "data-v3 read by a reader that takes a backing file the header does not name",
+            "data-v3",
+            |i| {
+                let size = HeaderArea::parse(&golden(i, "data-v3")?)
+                    .map_err(|e| e.to_string())?
+                    .header
+                    .size;
+                let backing = raw_backing(vec![0x77; size as usize])?;
+                seen(compare(&golden(i, "data-v3")?, "data-v3", backing))
+            },
+        ),
+        duty(
+            READ_UNALLOCATED,
+            Negative,
+            "chain-top read by a reader that reads past the backing disk's end",
+            "chain-top",
+            |i| {
+                // chain-base's own disk, then bytes where it has none.
+                let mut disk = guest_disk("chain-base", Until::End)?;
+                let top = HeaderArea::parse(&golden(i, "chain-top")?)
+                    .map_err(|e| e.to_string())?
+                    .header
+                    .size;
+                if top <= disk.len() as u64 {
+                    return Err("chain-top does not reach past chain-base".into());
+                }
+                disk.resize(top as usize, 0x77);
+                seen(compare(
+                    &golden(i, "chain-top")?,
+                    "chain-top",
+                    raw_backing(disk)?,
                 ))
             },
         ),
