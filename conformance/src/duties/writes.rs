@@ -189,6 +189,33 @@ pub(super) fn cases() -> Vec<DutyCase> {
         duty(
             RC_COW,
             Negative,
+            "a writer whose copy leaves out the bytes the write does not cover",
+            "snapshot",
+            |i| {
+                let mut after = engine_write(i, PARTIAL)?;
+                let entry = shared_entry(&after)?;
+                let copy = (get_u64(&after, entry) & 0x00ff_ffff_ffff_fe00) as usize;
+                let within = (PARTIAL.at - SHARED_AT) as usize;
+                after[copy..copy + within].fill(0);
+                seen(compare_after_write(&after, PARTIAL))
+            },
+        ),
+        duty(
+            RC_COW,
+            Negative,
+            "a writer that points the entry at its copy without COPIED",
+            "snapshot",
+            |i| {
+                let mut after = engine_write(i, PARTIAL)?;
+                let entry = shared_entry(&after)?;
+                let without = get_u64(&after, entry) & !(1 << 63);
+                put_u64(&mut after, entry, without);
+                seen(compare_after_write(&after, PARTIAL))
+            },
+        ),
+        duty(
+            RC_COW,
+            Negative,
             "a writer that repoints an entry of the shared L2 table in place",
             "snapshot-applied",
             |i| {
