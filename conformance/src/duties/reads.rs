@@ -138,6 +138,25 @@ pub(super) fn cases() -> Vec<DutyCase> {
         duty(
             READ_MAPPING,
             Negative,
+            "compressed descriptors of guest clusters 0 and 2 swapped",
+            "compressed-zlib",
+            |i| {
+                let mut b = golden(i, "compressed-zlib")?;
+                let (l1, bits) = l1_of(&b)?;
+                if bits != 16 {
+                    return Err("compressed-zlib does not have 64 KiB clusters".into());
+                }
+                let l2 = (get_u64(&b, l1) & OFFSET) as usize;
+                if get_u64(&b, l2) & 1 << 62 == 0 || get_u64(&b, l2 + 16) & 1 << 62 == 0 {
+                    return Err("guest clusters 0 and 2 are not both compressed".into());
+                }
+                swap_u64(&mut b, l2, l2 + 16);
+                seen(compare(&b, "compressed-zlib", BackingMode::Ignore))
+            },
+        ),
+        duty(
+            READ_MAPPING,
+            Negative,
             "L1 entries 0 and 1 swapped",
             "data-512",
             |i| {
