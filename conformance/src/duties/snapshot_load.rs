@@ -64,6 +64,21 @@ fn planted(
     seen(compare_load(&b, &golden(images, "snapshot")?))
 }
 
+/// The first host cluster whose refcount goes from `from` in `snapshot`
+/// to `to` in `snapshot-applied`.
+fn cluster_changed(images: &[crate::corpus::TestImage], from: u64, to: u64) -> Result<u64, String> {
+    let before = golden(images, "snapshot")?;
+    let after = golden(images, "snapshot-applied")?;
+    let bits = layout(&after)?.area.header.cluster_bits;
+    let clusters = (before.len().min(after.len()) as u64) >> bits;
+    (1..clusters)
+        .find(|&c| {
+            crate::mutate::get_refcount(&before, c) == Ok(from)
+                && crate::mutate::get_refcount(&after, c) == Ok(to)
+        })
+        .ok_or_else(|| format!("no cluster whose refcount went from {from} to {to}"))
+}
+
 pub(super) fn cases() -> Vec<DutyCase> {
     vec![
         duty(
@@ -100,6 +115,32 @@ pub(super) fn cases() -> Vec<DutyCase> {
                 let h = layout(&before)?.area.header;
                 let old = get_u64(&before, h.l1_table_offset.get() as usize);
                 planted(i, |b, l1, _| put_u64(b, l1, old))
+            },
+        ),
+        duty(
+            SNAP_LOAD,
+            Negative,
+            "a load that keeps the references of the tables it replaced",
+            "snapshot-applied",
+            |i| {
+                // A cluster only the old active tables used, freed by the load.
+                let freed = cluster_changed(i, 1, 0)?;
+                planted(i, |b, _, _| {
+                    let _ = crate::mutate::set_refcount(b, freed, 1);
+                })
+            },
+        ),
+        duty(
+            SNAP_LOAD,
+            Negative,
+            "a load that adds no reference for the snapshot's tables",
+            "snapshot-applied",
+            |i| {
+                // A cluster the load made shared by the snapshot and the copy.
+                let shared = cluster_changed(i, 1, 2)?;
+                planted(i, |b, _, _| {
+                    let _ = crate::mutate::set_refcount(b, shared, 1);
+                })
             },
         ),
         duty(
