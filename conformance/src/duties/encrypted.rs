@@ -111,5 +111,27 @@ pub(super) fn cases() -> Vec<DutyCase> {
                 seen(compare_storage(&b, "aes"))
             },
         ),
+        duty(
+            ENC_PAYLOAD,
+            Negative,
+            "a writer that encrypts the L2 table as well",
+            "aes",
+            |i| {
+                let mut b = golden(i, "aes")?;
+                let a = HeaderArea::parse(&b).map_err(|e| e.to_string())?;
+                let h = &a.header;
+                let l1 = h.l1_table_offset.get() as usize;
+                let l2 = (crate::mutate::get_u64(&b, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+                if l2 == 0 {
+                    return Err("the aes golden has no L2 table".into());
+                }
+                // What a cipher would leave: no byte as it was.
+                let cs = 1usize << h.cluster_bits;
+                for (k, byte) in b[l2..l2 + cs].iter_mut().enumerate() {
+                    *byte ^= 0xa5 ^ (k as u8);
+                }
+                seen(compare_storage(&b, "aes"))
+            },
+        ),
     ]
 }
