@@ -35,6 +35,26 @@ fn compare_check(bytes: &[u8]) -> Result<String, String> {
     Ok("no finding: no refcount is owed for the data file's clusters".into())
 }
 
+/// `check -r all` on an image with a data file: the L2 entries and the
+/// file are what they were (a repair has no data file space to free or
+/// allocate by refcount), and nothing is left to report.
+fn compare_repair(before: &[u8], after: &[u8]) -> Result<String, String> {
+    let l2 = |b: &[u8]| -> Result<Vec<u8>, String> {
+        let a = qcow2_format::HeaderArea::parse(b).map_err(|e| e.to_string())?;
+        let l1 = a.header.l1_table_offset.get() as usize;
+        let table = (crate::mutate::get_u64(b, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+        let cs = 1usize << a.header.cluster_bits;
+        b.get(table..table + cs)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| "the L2 table lies past the end".to_string())
+    };
+    if l2(before)? != l2(after)? {
+        return Err("check -r all changed the L2 table of a data file image".into());
+    }
+    clean(after, "after check -r all")?;
+    Ok("check -r all left the L2 table as it was and nothing to report".into())
+}
+
 pub(super) fn cases() -> Vec<DutyCase> {
     vec![
         duty(
@@ -61,6 +81,33 @@ pub(super) fn cases() -> Vec<DutyCase> {
                     });
                 })?;
                 seen(compare_check(&b))
+            },
+        ),
+        duty(
+            DATA_NO_REFCOUNT,
+            Positive,
+            "check -r all of data-file-raw moves no guest cluster",
+            "data-file-raw",
+            |i| {
+                let before = golden(i, "data-file-raw")?;
+                compare_repair(&before, &crate::consequence::repair_all(&before)?)
+            },
+        ),
+        duty(
+            DATA_NO_REFCOUNT,
+            Negative,
+            "a repair that moves guest cluster 1 to a cluster it allocates",
+            "data-file-raw",
+            |i| {
+                let before = golden(i, "data-file-raw")?;
+                let mut after = crate::consequence::repair_all(&before)?;
+                let a = qcow2_format::HeaderArea::parse(&after).map_err(|e| e.to_string())?;
+                let cs = 1u64 << a.header.cluster_bits;
+                let l1 = a.header.l1_table_offset.get() as usize;
+                let table = (crate::mutate::get_u64(&after, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+                let fresh = crate::mutate::append_counted(&mut after, cs, &vec![0; cs as usize])?;
+                crate::mutate::put_u64(&mut after, table + 8, fresh | 1 << 63);
+                seen(compare_repair(&before, &after))
             },
         ),
         duty(
