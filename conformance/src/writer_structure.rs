@@ -122,15 +122,22 @@ pub fn structure(bytes: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// What our writer must leave zero though no reader looks at it, one line
-/// per lapse: the header padding up to header_length (HDR-LENGTH) and the
-/// rest of cluster 0 after the header area (HDR-FIRST-CLUSTER).
+/// What our writer must do though no reader checks it, one line per lapse:
+/// a virtual size that is a multiple of 512 (HDR-SIZE), zero header padding
+/// up to header_length (HDR-LENGTH) and nothing in the rest of cluster 0
+/// after the header area (HDR-FIRST-CLUSTER).
 pub fn writer_lapses(bytes: &[u8]) -> Vec<String> {
     let mut area = match HeaderArea::parse(bytes) {
         Ok(a) => a,
         Err(e) => return vec![format!("does not parse: {e}")],
     };
     let mut out = Vec::new();
+    if area.header.size % 512 != 0 {
+        out.push(format!(
+            "HDR-SIZE: virtual size {} is not a multiple of 512",
+            area.header.size
+        ));
+    }
     if let Some(k) = area.header.tail.iter().position(|&b| b != 0) {
         out.push(format!(
             "HDR-LENGTH: header padding byte {} is {:#x}, not 0",

@@ -253,9 +253,10 @@ fn every_normative_statement_has_a_defined_rule() {
     );
 }
 
-/// The writer-side clauses of HDR-LENGTH (zero header padding) and
-/// HDR-FIRST-CLUSTER (nothing else in cluster 0): every image our writer
-/// makes passes, and a byte planted in either place is reported.
+/// The writer-side clauses of HDR-SIZE (a multiple of 512), HDR-LENGTH
+/// (zero header padding) and HDR-FIRST-CLUSTER (nothing else in cluster 0):
+/// every image our writer makes passes, and a lapse planted in each is
+/// reported.
 #[test]
 fn writer_lapses_in_cluster_zero_are_reported() {
     let images = qcow2_conformance::engine_images::golden_images().unwrap();
@@ -280,6 +281,14 @@ fn writer_lapses_in_cluster_zero_are_reported() {
     let found = qcow2_conformance::writer_structure::writer_lapses(&tail);
     assert!(
         found.len() == 1 && found[0].starts_with("HDR-FIRST-CLUSTER"),
+        "{found:?}"
+    );
+    let mut odd = clean.clone();
+    let size = u64::from_be_bytes(odd[24..32].try_into().unwrap());
+    odd[24..32].copy_from_slice(&(size - 1).to_be_bytes());
+    let found = qcow2_conformance::writer_structure::writer_lapses(&odd);
+    assert!(
+        found.len() == 1 && found[0].starts_with("HDR-SIZE"),
         "{found:?}"
     );
 }
