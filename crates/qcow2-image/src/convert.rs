@@ -397,7 +397,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether any part of the range may hold non-zero bytes.
-fn has_data(source: &dyn BackingSource, start: u64, len: u64) -> Result<bool> {
+pub(crate) fn has_data(source: &dyn BackingSource, start: u64, len: u64) -> Result<bool> {
     Ok(source
         .block_status(start, len)?
         .iter()

@@ -1,7 +1,5 @@
 //! `qcow2 convert`: copy a disk image into a new raw or qcow2 file.
 
-mod copy;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,18 +12,18 @@ use crate::disk::{Disk, Format, RawDisk};
 use crate::error::CliError;
 use crate::progress::Progress;
 
-/// Zero-detection unit for raw destinations (qemu-img's default `-S 4k`).
-const RAW_UNIT: u64 = 4096;
-
 const AFTER_HELP: &str = "\
 The destination holds the guest disk as the source reads it, backing chain
 included (the result has no backing file). Ranges that read as zeros are
 not written: they stay unallocated clusters in a qcow2 destination (which
 then reads as zeros, since it has no backing file) and holes in a raw one.
-A qcow2 destination is written by a pipeline: worker threads (one per core,
-or --threads) read the source, skip zero clusters and compress, while the
-clusters are written in guest order. Memory use stays bounded (about 2 MiB
-per worker and window, two windows) whatever the image size.
+Both kinds of destination are written by a pipeline: worker threads (one
+per core, or --threads) read the source (decompressing compressed
+clusters), skip zeros and, with -c, compress. A qcow2 destination gets its
+clusters in guest order; a raw one gets each worker's 2 MiB chunk as soon
+as it is ready, with 4 KiB units of zeros left as holes. Memory use stays
+bounded (about 2 MiB per worker, two windows for qcow2) whatever the image
+size.
 
 -c stores each cluster compressed when that makes it smaller, with the
 codec the destination's options choose: -o compression_type=zlib (default)
@@ -81,12 +79,14 @@ pub struct ConvertArgs {
     #[arg(long = "dedup")]
     pub dedup: bool,
 
-    /// Worker threads reading and compressing (default: one per core).
+    /// Worker threads reading, decompressing and compressing (default: one
+    /// per core).
     #[arg(long = "threads", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
 
-    /// Allow out-of-order writes (accepted for qemu-img compatibility; the
-    /// pipeline writes in guest order, which packs compressed clusters best).
+    /// Allow out-of-order writes (accepted for qemu-img compatibility: a raw
+    /// destination is always written out of order; a qcow2 one in guest
+    /// order, which packs compressed clusters best).
     #[arg(short = 'W')]
     pub out_of_order: bool,
 
@@ -130,9 +130,15 @@ pub fn run(args: &ConvertArgs) -> Result<(), CliError> {
                 ));
             }
             let raw = RawDisk::create(&args.destination, size)?;
-            let dst = Disk::from_raw(&args.destination, raw);
-            copy::copy(&src, &dst, RAW_UNIT, &mut progress)?;
-            dst.close()?;
+            let options = ConvertOptions {
+                compress: false,
+                threads: args.threads.map(usize::from),
+            };
+            qcow2_image::convert_to_raw(src.source(), raw.storage(), &options, &mut |done| {
+                progress.update(done)
+            })
+            .map_err(|e| CliError::image(&args.destination, e))?;
+            Disk::from_raw(&args.destination, raw).close()?;
         }
         Format::Qcow2 => {
             let (image, verify) = create_qcow2(args, size)?;

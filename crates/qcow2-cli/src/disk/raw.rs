@@ -39,6 +39,11 @@ impl RawDisk {
         })
     }
 
+    /// The file, for the convert pipeline's positioned writes.
+    pub fn storage(&self) -> &FileStorage {
+        &self.storage
+    }
+
     /// Data and holes of `[offset, offset + len)`, clipped to the disk.
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<qcow2_image::Extent>, ImageError> {
         qcow2_image::raw_block_status(&self.storage, self.size(), offset, len)
