@@ -8,7 +8,10 @@
 //!    destination: wall time (best of the runs), output size, peak RSS of
 //!    the tool. Both outputs must pass `qemu-img check` and
 //!    `qemu-img compare`, or the benchmark fails.
-//! 2. A level trade-off table of our seed compress formats
+//! 2. For each type, one image made by `qemu-img convert -c` is converted
+//!    back to raw by both tools (`qemu-img convert -W`), same method; both
+//!    outputs must equal the disk.
+//! 3. A level trade-off table of our seed compress formats
 //!    (`--compress-format NAME:LEVEL`, which QEMU cannot read), one run per
 //!    level, verified with our own `qcow2 check` and `qcow2 compare`.
 //!
@@ -27,6 +30,7 @@
 //! `--rss time|proc` how peak RSS is taken (default `time`, i.e.
 //! `/usr/bin/time -f %M`, when that exists, else `proc`: polling `VmHWM`).
 
+mod decompress;
 pub(crate) mod report;
 
 use std::ffi::OsString;
@@ -486,16 +490,21 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         opts.reps
     );
     let result = head_to_head(&bench, &qcow2, opts.reps).and_then(|rows| {
+        println!(
+            "compressed qcow2 -> raw: {} runs per tool and type",
+            opts.reps
+        );
+        let decompress = decompress::run(&bench, &qcow2, opts.reps)?;
         let levels = if opts.tradeoff {
             println!("trade-off: one run per level");
             tradeoff(&bench, &qcow2, opts.budget)?
         } else {
             Vec::new()
         };
-        Ok((rows, levels))
+        Ok((rows, levels, decompress))
     });
     let _ = fs::remove_dir_all(&work);
-    let (rows, levels) = result?;
+    let (rows, levels, decompress) = result?;
 
     let report = report::Report {
         machine: machine(),
@@ -505,6 +514,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         rss: opts.rss,
         rows,
         levels,
+        decompress,
     };
     let section = wrap_markdown(&report.section());
     println!("\n{section}");
