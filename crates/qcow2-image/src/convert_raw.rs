@@ -2,7 +2,10 @@
 //! (so a compressed or deduplicated qcow2 source decompresses on all
 //! cores), zeros are detected there too, and each worker writes the
 //! non-zero runs of its chunk at their own offsets, out of order, which a
-//! raw file does not mind. At most one chunk per worker is in memory.
+//! raw file does not mind. Workers take the next chunk as soon as they are
+//! free; at most one chunk per worker is in memory.
+
+use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -20,8 +23,9 @@ const UNIT: u64 = 4096;
 
 /// Copies every non-zero 4 KiB unit of `source` into `dst`, a raw file of
 /// at least the source's size that reads as zeros (a new or truncated
-/// file): zero units are left as holes. `progress` gets the bytes done,
-/// in order, after each round of chunks. Stats count 4 KiB units.
+/// file): zero units are left as holes. `progress` gets the bytes done
+/// (a growing count, chunks finishing in any order). Stats count 4 KiB
+/// units.
 pub fn convert_to_raw(
     source: &dyn BackingSource,
     dst: &dyn Storage,
@@ -54,23 +58,27 @@ fn copy_all(
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ConvertStats> {
     let size = source.size();
-    let round = CHUNK * rayon::current_num_threads().max(1) as u64;
+    let chunks: Vec<u64> = (0..size).step_by(CHUNK as usize).collect();
+    // Workers take chunks as they free up (no round waits for its slowest
+    // chunk); the bytes done are counted under the lock that calls
+    // `progress`, so it sees them grow.
+    let done = Mutex::new((0u64, progress));
+    let counts = chunks
+        .par_iter()
+        .map(|&start| {
+            let len = CHUNK.min(size - start);
+            let counts = copy_chunk(source, dst, start, len)?;
+            let mut guard = done.lock().unwrap_or_else(PoisonError::into_inner);
+            guard.0 += len;
+            let bytes = guard.0;
+            (guard.1)(bytes);
+            Ok(counts)
+        })
+        .collect::<Result<Vec<(u64, u64)>>>()?;
     let mut stats = ConvertStats::default();
-    let mut pos = 0;
-    while pos < size {
-        let end = pos.saturating_add(round).min(size);
-        let chunks: Vec<u64> = (pos..end).step_by(CHUNK as usize).collect();
-        let done: Vec<Result<(u64, u64)>> = chunks
-            .par_iter()
-            .map(|&start| copy_chunk(source, dst, start, CHUNK.min(end - start)))
-            .collect();
-        for result in done {
-            let (written, zero) = result?;
-            stats.plain += written;
-            stats.zero += zero;
-        }
-        pos = end;
-        progress(pos);
+    for (written, zero) in counts {
+        stats.plain += written;
+        stats.zero += zero;
     }
     Ok(stats)
 }
