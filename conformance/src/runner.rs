@@ -265,9 +265,15 @@ fn negative(
         kind: CaseKind::Negative,
         name: case.name.to_string(),
         image: ImageRecord::built(bytes.as_deref(), format!("{how} ({})", case.source)),
-        expected: match consequence {
-            Some(c) => format!("only {} reported; consequence {}", case.rule, c.as_str()),
-            None => format!("only {} reported", case.rule),
+        expected: {
+            let mut expected = match consequence {
+                Some(c) => format!("only {} reported; consequence {}", case.rule, c.as_str()),
+                None => format!("only {} reported", case.rule),
+            };
+            if !case.message.is_empty() {
+                expected += &format!("; the finding says {:?}", case.message);
+            }
+            expected
         },
         findings: Vec::new(),
         observed: String::new(),
@@ -284,6 +290,14 @@ fn negative(
     report.findings = findings_of(&eval);
     if eval.triggered() != [case.rule] {
         report.observed = eval.describe();
+        return report;
+    }
+    if let Some(missing) = case
+        .message
+        .iter()
+        .find(|text| !report.findings.iter().any(|f| f.contains(*text)))
+    {
+        report.observed = format!("the finding does not say {missing:?}: {}", eval.describe());
         return report;
     }
     let seen = match (&built, consequence) {

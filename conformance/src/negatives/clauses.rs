@@ -61,7 +61,7 @@ fn ext_data(
 
 /// Golden `name` with the stored refcount of the cluster at `offset(b)`
 /// set to `value` (`offset` must name a cluster that COPIED does not judge).
-fn refcount(
+pub(super) fn refcount(
     images: &[TestImage],
     name: &str,
     value: u64,
@@ -253,6 +253,27 @@ fn extension_cases() -> Vec<NegativeCase> {
                 Ok(())
             })
         }),
+        case(EXT_BITMAPS, "bitmap_directory_size 67,107,841", |i| {
+            raw(i, "bitmaps", |b| {
+                let at = bitmaps_data(b)?;
+                put_u64(b, at + 8, 67_107_841);
+                Ok(())
+            })
+        }),
+        case(EXT_BITMAPS, "bitmap_directory_offset 0", |i| {
+            raw(i, "bitmaps", |b| {
+                let at = bitmaps_data(b)?;
+                put_u64(b, at + 16, 0);
+                Ok(())
+            })
+        }),
+        case(CF_NAME, "compress format name with byte 0x7f", |i| {
+            raw(i, "seed-cf-zlib-default", |b| {
+                let at = ext_at(b, ext::COMPRESS_FORMAT)?;
+                b[at + 1] = 0x7f;
+                Ok(())
+            })
+        }),
         case(CF_KNOWN, "compress format name ZLIB", |i| {
             edited(i, "seed-cf-zlib-default", |a| {
                 for e in &mut a.chain.extensions {
@@ -401,6 +422,20 @@ pub(super) fn dedup_tables(b: &[u8]) -> Result<(usize, u64), String> {
 
 fn more_cases() -> Vec<NegativeCase> {
     vec![
+        case(
+            HDR_SNAPSHOTS,
+            "snapshots_offset off by 8 with one snapshot",
+            |i| {
+                raw(i, "snapshot", |b| {
+                    if area(b)?.header.nb_snapshots == 0 {
+                        return Err("the snapshot golden has no snapshot".into());
+                    }
+                    let at = get_u64(b, 64);
+                    put_u64(b, 64, at + 8);
+                    Ok(())
+                })
+            },
+        ),
         case(L1_ENTRY, "snapshot L1 entry with reserved bit 60", |i| {
             raw(i, "snapshot", |b| {
                 let at = area(b)?.header.snapshots_offset.get() as usize;

@@ -117,6 +117,74 @@ fn wrong_digest(mut b: Vec<u8>) -> Result<CaseInput, String> {
 }
 
 pub(super) fn cases() -> Vec<NegativeCase> {
+    let mut all = content_cases();
+    all.extend(metadata_cases());
+    all
+}
+
+/// The guest-writes image with an entry for the cluster `cluster(b, d)`
+/// returns the offset of, as if a writer had indexed it as data.
+fn indexed(
+    images: &[TestImage],
+    cluster: impl FnOnce(&[u8], &Dedup) -> Result<u64, String>,
+) -> Result<CaseInput, String> {
+    let mut b = writes(images)?;
+    let d = dedup(&b)?;
+    let at = cluster(&b, &d)?;
+    d.index(&mut b, at / d.cluster_size, 0)?;
+    Ok(CaseInput::Bytes(b))
+}
+
+/// The refcount table offset of `b`.
+fn refcount_table(b: &[u8]) -> Result<u64, String> {
+    HeaderArea::parse(b)
+        .map(|a| a.header.refcount_table_offset.get())
+        .map_err(|e| e.to_string())
+}
+
+/// DD-LIVE for each kind of metadata cluster, and DD-REFCOUNT for a
+/// level-2 dedup cluster that is guest data too.
+fn metadata_cases() -> Vec<NegativeCase> {
+    vec![
+        case(
+            DD_LIVE,
+            "entry for the header cluster (writer image, guest writes)",
+            |i| indexed(i, |_, _| Ok(0)),
+        ),
+        case(
+            DD_LIVE,
+            "entry for the active L1 table cluster (writer image, guest writes)",
+            |i| indexed(i, |b, _| Ok(first_l2_table(b)?.0)),
+        ),
+        case(
+            DD_LIVE,
+            "entry for the refcount table cluster (writer image, guest writes)",
+            |i| indexed(i, |b, _| refcount_table(b)),
+        ),
+        case(
+            DD_LIVE,
+            "entry for a refcount block cluster (writer image, guest writes)",
+            |i| indexed(i, |b, _| Ok(get_u64(b, refcount_table(b)? as usize))),
+        ),
+        case(
+            DD_LIVE,
+            "entry for the level-1 dedup table cluster (writer image, guest writes)",
+            |i| indexed(i, |_, d| Ok(d.l1)),
+        ),
+        case(
+            DD_LIVE,
+            "entry for a level-2 dedup cluster (writer image, guest writes)",
+            |i| indexed(i, |b, d| Ok(d.l2(b, 0)? as u64)),
+        ),
+        case(
+            DD_REFCOUNT,
+            "level-2 dedup cluster also mapped as guest data (writer image, guest writes)",
+            |i| super::engine::alias(writes(i)?, |b| Ok(dedup(b)?.l2(b, 0)? as u64)),
+        ),
+    ]
+}
+
+fn content_cases() -> Vec<NegativeCase> {
     vec![
         case(
             DD_DIGEST,

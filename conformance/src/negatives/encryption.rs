@@ -86,6 +86,20 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             luks_text(i, 40, "xts-plain65")
         }),
         case(ENC_LUKS_CIPHER, "hash crc32", |i| luks_text(i, 72, "crc32")),
+        case(ENC_LUKS_CIPHER, "block mode ofb", |i| {
+            luks_text(i, 40, "ofb-plain64")
+        }),
+        case(ENC_LUKS_CIPHER, "mode xts without an IV generator", |i| {
+            luks_text(i, 40, "xts")
+        }),
+        case(ENC_LUKS_CIPHER, "essiv with the hash crc32", |i| {
+            luks_text(i, 40, "xts-essiv:crc32")
+        }),
+        case(
+            ENC_LUKS_CIPHER,
+            "a 64-byte key for AES-CBC (twice a key is for xts only)",
+            |i| luks_text(i, 40, "cbc-plain64"),
+        ),
         case(ENC_LUKS_CIPHER, "a 40-byte key for AES-XTS", |i| {
             luks(i, |b, area| {
                 put_u32(b, area + 108, 40);

@@ -19,15 +19,15 @@ use crate::mutate::{
 };
 
 /// What the cases need to know about an image's layout.
-struct Layout {
-    cluster_size: u64,
-    l1_offset: u64,
-    l1_size: u64,
-    refcount_table: u64,
-    entry_size: usize,
+pub(super) struct Layout {
+    pub(super) cluster_size: u64,
+    pub(super) l1_offset: u64,
+    pub(super) l1_size: u64,
+    pub(super) refcount_table: u64,
+    pub(super) entry_size: usize,
 }
 
-fn layout(bytes: &[u8]) -> Result<Layout, String> {
+pub(super) fn layout(bytes: &[u8]) -> Result<Layout, String> {
     let a = HeaderArea::parse(bytes).map_err(|e| e.to_string())?;
     let h = &a.header;
     Ok(Layout {
@@ -44,7 +44,7 @@ fn layout(bytes: &[u8]) -> Result<Layout, String> {
 }
 
 /// Byte offset of the first non-zero active L1 entry.
-fn first_l1_entry(bytes: &[u8]) -> Result<usize, String> {
+pub(super) fn first_l1_entry(bytes: &[u8]) -> Result<usize, String> {
     let l = layout(bytes)?;
     (0..l.l1_size as usize)
         .map(|k| l.l1_offset as usize + 8 * k)
@@ -73,7 +73,7 @@ fn first_data_entry(bytes: &[u8]) -> Result<usize, String> {
 }
 
 /// The last entry of the first L2 table that is entirely zero (with its bitmap).
-fn free_entry(bytes: &[u8]) -> Result<usize, String> {
+pub(super) fn free_entry(bytes: &[u8]) -> Result<usize, String> {
     let step = layout(bytes)?.entry_size;
     l2_entries(bytes, |e| e == 0)?
         .into_iter()
@@ -84,7 +84,7 @@ fn free_entry(bytes: &[u8]) -> Result<usize, String> {
 
 /// Points a free L2 entry (COPIED clear) at `target` and counts that reference,
 /// so the target's refcount matches and only its second role is wrong.
-fn alias(
+pub(super) fn alias(
     mut b: Vec<u8>,
     target: impl Fn(&[u8]) -> Result<u64, String>,
 ) -> Result<CaseInput, String> {

@@ -4,7 +4,7 @@ use qcow2_format::extensions::{self as ext, Extension};
 use qcow2_format::rules::*;
 use qcow2_format::HeaderArea;
 
-use super::{case, pick, plain, CaseInput, NegativeCase};
+use super::{case, named, pick, plain, CaseInput, NegativeCase};
 use crate::mutate::{edit_area, put_u32};
 
 /// File offset of the first extension's type field (the chain starts at header_length).
@@ -19,6 +19,55 @@ fn plain_with(images: &[crate::corpus::TestImage], e: Extension) -> Result<Vec<u
 }
 
 pub(super) fn cases() -> Vec<NegativeCase> {
+    let mut all = chain_cases();
+    all.extend(duplicate_cases());
+    all
+}
+
+/// Image `name` with a second copy of its extension of type `kind`
+/// appended to the chain.
+fn twice(images: &[crate::corpus::TestImage], name: &str, kind: u32) -> Result<CaseInput, String> {
+    let b = named(images, name)?;
+    let a = HeaderArea::parse(&b).map_err(|e| e.to_string())?;
+    let (_, e) = a
+        .chain
+        .find(kind)
+        .ok_or_else(|| format!("{name} has no extension {kind:#x}"))?;
+    let e = e.clone();
+    edit_area(&b, |a| a.chain.extensions.push(e)).map(CaseInput::Bytes)
+}
+
+/// One case per extension type this build knows but the backing format
+/// (which `chain_cases` duplicates): each appears a second time.
+fn duplicate_cases() -> Vec<NegativeCase> {
+    vec![
+        case(EXT_DUPLICATE, "two feature name tables", |i| {
+            twice(i, "default", ext::FEATURE_TABLE)
+        }),
+        case(EXT_DUPLICATE, "two bitmaps extensions", |i| {
+            twice(i, "bitmaps", ext::BITMAPS)
+        }),
+        case(EXT_DUPLICATE, "two encryption header pointers", |i| {
+            twice(i, "luks", ext::FULL_DISK_ENCRYPTION)
+        }),
+        case(EXT_DUPLICATE, "two external data file names", |i| {
+            edit_area(&named(i, "data-file")?, |a| {
+                a.chain
+                    .extensions
+                    .push(Extension::ExternalDataFile("x".into()))
+            })
+            .map(CaseInput::Bytes)
+        }),
+        case(EXT_DUPLICATE, "two compress format extensions", |i| {
+            twice(i, "seed-cf-zlib-default", ext::COMPRESS_FORMAT)
+        }),
+        case(EXT_DUPLICATE, "two dedup extensions", |i| {
+            twice(i, "seed-dedup", ext::DEDUP)
+        }),
+    ]
+}
+
+fn chain_cases() -> Vec<NegativeCase> {
     vec![
         case(EXT_FRAMING, "extension length past the cluster end", |i| {
             let mut b = plain_with(

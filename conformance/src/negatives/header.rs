@@ -247,7 +247,41 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         case(FEAT_INCOMPAT_UNKNOWN, "incompatible bit 10", |i| {
             edit_area(&plain(i)?, |a| a.header.incompatible_features |= 1 << 10)
                 .map(CaseInput::Bytes)
-        }),
+        })
+        .saying(&["bit 10"]),
+        case(FEAT_INCOMPAT_UNKNOWN, "incompatible bits 10 and 40", |i| {
+            edit_area(&plain(i)?, |a| {
+                a.header.incompatible_features |= 1 << 10 | 1 << 40
+            })
+            .map(CaseInput::Bytes)
+        })
+        .saying(&["bit 10", "bit 40"]),
+        case(
+            FEAT_INCOMPAT_UNKNOWN,
+            "incompatible bit 10, named by the feature name table",
+            |i| {
+                let entry = qcow2_format::extensions::FeatureName::new(
+                    FeatureKind::Incompatible,
+                    10,
+                    "future-bit",
+                );
+                let mut found = false;
+                let b = edit_area(&plain(i)?, |a| {
+                    a.header.incompatible_features |= 1 << 10;
+                    for e in &mut a.chain.extensions {
+                        if let qcow2_format::extensions::Extension::FeatureTable(t) = e {
+                            t.push(entry.clone());
+                            found = true;
+                        }
+                    }
+                })?;
+                if !found {
+                    return Err("the plain image has no feature name table".into());
+                }
+                Ok(CaseInput::Bytes(b))
+            },
+        )
+        .saying(&["future-bit"]),
         case(FEAT_DIRTY, "dirty bit set", |i| {
             edit_area(&plain(i)?, |a| {
                 a.header.incompatible_features |= INCOMPAT_DIRTY
@@ -265,7 +299,8 @@ pub(super) fn cases() -> Vec<NegativeCase> {
                 a.header.incompatible_features |= INCOMPAT_BIT2
             })
             .map(CaseInput::Bytes)
-        }),
+        })
+        .saying(&["without a compress format or external data file extension"]),
         case(
             FEAT_BIT2,
             "external data file extension with bit 2 clear",

@@ -7,6 +7,7 @@ mod encryption;
 mod engine;
 mod extensions;
 mod header;
+mod roles;
 mod seeds;
 mod tables;
 mod variants;
@@ -37,13 +38,16 @@ pub struct NegativeCase {
     pub name: &'static str,
     /// Builds the mutated input.
     pub build: Builder,
+    /// Text the rule's finding must contain, where the spec says what the
+    /// error must tell (every unknown bit, the codec's name, which case).
+    pub message: &'static [&'static str],
     /// The file that defines it, relative to the repository root.
     pub source: &'static str,
 }
 
 /// Every negative case of the suite.
 pub fn all() -> Vec<NegativeCase> {
-    let modules: [(&'static str, Vec<NegativeCase>); 10] = [
+    let modules: [(&'static str, Vec<NegativeCase>); 11] = [
         ("conformance/src/negatives/header.rs", header::cases()),
         (
             "conformance/src/negatives/extensions.rs",
@@ -60,6 +64,7 @@ pub fn all() -> Vec<NegativeCase> {
         ("conformance/src/negatives/bitmaps.rs", bitmaps::cases()),
         ("conformance/src/negatives/clauses.rs", clauses::cases()),
         ("conformance/src/negatives/variants.rs", variants::cases()),
+        ("conformance/src/negatives/roles.rs", roles::cases()),
     ];
     modules
         .into_iter()
@@ -97,6 +102,17 @@ pub(crate) const fn case(rule: RuleId, name: &'static str, build: Builder) -> Ne
         rule,
         name,
         build,
+        message: &[],
         source: "",
+    }
+}
+
+impl NegativeCase {
+    /// The same case, whose finding must also contain each of `texts`.
+    pub(crate) const fn saying(self, texts: &'static [&'static str]) -> Self {
+        Self {
+            message: texts,
+            ..self
+        }
     }
 }

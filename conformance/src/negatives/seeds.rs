@@ -122,7 +122,16 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         case(CF_NAME, "empty name", |i| poke(i, 0, 0)),
         case(CF_KNOWN, "unknown format lzma", |i| {
             with_cf(i, |c| c.name = "lzma".into())
-        }),
+        })
+        .saying(&["lzma"]),
+        // A 16-byte name fills the field without a NUL: CF-NAME accepts it,
+        // so only its being unknown may be reported.
+        case(
+            CF_KNOWN,
+            "unknown format abcdefghijklmnop (16 bytes, no NUL)",
+            |i| with_cf(i, |c| c.name = "abcdefghijklmnop".into()),
+        )
+        .saying(&["abcdefghijklmnop"]),
         case(CF_LEVEL, "zlib level 200", |i| {
             with_cf(i, |c| c.level = 200)
         }),

@@ -13,7 +13,7 @@ use super::{case, pick, plain, CaseInput, NegativeCase};
 use crate::mutate::{append_counted, edit_area, get_u64, put_u32, put_u64};
 
 /// Appends one L2 table holding `entries` (raw u64 words, in order) and points L1 entry 0 at it.
-fn with_l2(mut bytes: Vec<u8>, entries: &[u64]) -> Result<Vec<u8>, String> {
+pub(super) fn with_l2(mut bytes: Vec<u8>, entries: &[u64]) -> Result<Vec<u8>, String> {
     let a = HeaderArea::parse(&bytes).map_err(|e| e.to_string())?;
     let cs = 1u64 << a.header.cluster_bits;
     let mut table = vec![0u8; cs as usize];
@@ -71,6 +71,18 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             let e = get_u64(&b, l1);
             put_u64(&mut b, l1, e | 1 << 60);
             Ok(CaseInput::Bytes(b))
+        }),
+        case(L1_ENTRY, "L1 entry with reserved bit 3", |i| {
+            let mut b = with_l2(plain(i)?, &[])?;
+            let l1 = header_field(&b, |a| a.header.l1_table_offset.get())? as usize;
+            let e = get_u64(&b, l1);
+            put_u64(&mut b, l1, e | 1 << 3);
+            Ok(CaseInput::Bytes(b))
+        }),
+        case(L2_ENTRY, "L2 entry with reserved bit 4", |i| {
+            let mut b = plain(i)?;
+            let host = data_cluster(&mut b)?;
+            with_l2(b, &[host | L1_COPIED | 1 << 4]).map(CaseInput::Bytes)
         }),
         case(L2_ENTRY, "L2 entry with an unaligned host offset", |i| {
             let mut b = plain(i)?;
@@ -144,6 +156,25 @@ pub(super) fn cases() -> Vec<NegativeCase> {
             put_u64(&mut b, rt, e + 512);
             Ok(CaseInput::Bytes(b))
         }),
+        case(
+            RC_TABLE_ENTRY,
+            "refcount table entry 1 naming a block, with bit 0",
+            |i| {
+                let mut b = plain(i)?;
+                let rt = header_field(&b, |a| a.header.refcount_table_offset.get())? as usize;
+                if get_u64(&b, rt + 8) != 0 {
+                    return Err("refcount table entry 1 is in use".into());
+                }
+                // An all-zero block for clusters past the file. A check
+                // that refuses the entry does not count the block, so its
+                // own refcount stays 0.
+                let cs = header_field(&b, |a| 1 << a.header.cluster_bits)?;
+                let block =
+                    crate::mutate::append_cluster_aligned(&mut b, cs, &vec![0; cs as usize]);
+                put_u64(&mut b, rt + 8, block | 1);
+                Ok(CaseInput::Bytes(b))
+            },
+        ),
         case(RC_MATCH, "refcount of the header cluster set to 0", |i| {
             let mut b = plain(i)?;
             let rt = header_field(&b, |a| a.header.refcount_table_offset.get())? as usize;

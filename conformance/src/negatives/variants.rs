@@ -3,6 +3,7 @@
 //! 3 features, dirty and stale images, the data file's mapping, the wrong
 //! codec, and the cluster kinds RC-MATCH counts beyond the first batch.
 
+use qcow2_format::extensions::{self as ext, CompressFormat, Extension};
 use qcow2_format::features::*;
 use qcow2_format::rules::*;
 use qcow2_format::HeaderArea;
@@ -63,6 +64,57 @@ fn header_cases() -> Vec<NegativeCase> {
                     a.header.incompatible_features |= INCOMPAT_COMPRESSION_TYPE;
                     a.header.compression_type = 1;
                 })
+            },
+        ),
+        case(
+            HDR_V2_FEATURES,
+            "version 2 with an external data file (writer)",
+            |i| {
+                v2_area(i, |a| {
+                    a.header.incompatible_features |= INCOMPAT_BIT2;
+                    a.chain
+                        .extensions
+                        .push(Extension::ExternalDataFile("d.raw".into()));
+                })
+            },
+        ),
+        case(
+            HDR_V2_FEATURES,
+            "version 2 with deduplication (writer)",
+            |i| {
+                let dedup = area(&named(i, "seed-dedup")?)?
+                    .chain
+                    .find(ext::DEDUP)
+                    .ok_or("seed-dedup has no dedup extension")?
+                    .1
+                    .clone();
+                v2_area(i, |a| {
+                    a.header.incompatible_features |= INCOMPAT_BIT1;
+                    a.chain.extensions.push(dedup);
+                })
+            },
+        ),
+        case(
+            HDR_V2_FEATURES,
+            "version 2 with a compress format (writer)",
+            |i| {
+                let cf = CompressFormat::new("zlib", 0).map_err(|e| e.to_string())?;
+                v2_area(i, |a| {
+                    a.header.incompatible_features |= INCOMPAT_BIT2;
+                    a.chain.extensions.push(Extension::CompressFormat(cf));
+                })
+            },
+        ),
+        case(
+            HDR_V2_FEATURES,
+            "version 2 file carrying an external data file name",
+            |i| {
+                edit_area(&named(i, "compat-0.10")?, |a| {
+                    a.chain
+                        .extensions
+                        .push(Extension::ExternalDataFile("d.raw".into()))
+                })
+                .map(CaseInput::Bytes)
             },
         ),
         case(FEAT_DIRTY, "dirty bit over a stale refcount", |i| {
@@ -191,7 +243,6 @@ fn table_cases() -> Vec<NegativeCase> {
 
 /// The file offset of bitmap `k`'s table in the bitmaps golden.
 fn bitmap_table(b: &[u8], k: usize) -> Result<u64, String> {
-    use qcow2_format::extensions::{self as ext, Extension};
     let a = area(b)?;
     let Some((_, Extension::Bitmaps(bm))) = a.chain.find(ext::BITMAPS) else {
         return Err("no bitmaps extension".into());

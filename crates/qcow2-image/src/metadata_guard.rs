@@ -6,7 +6,7 @@
 //! tables are left out, as QEMU leaves them out, since finding them means
 //! reading every snapshot L1 table.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use qcow2_format::extensions::Extension;
 use qcow2_format::tables::l1::{L1_ENTRY_SIZE, L1_OFFSET_MASK};
@@ -26,8 +26,9 @@ struct Span {
 /// See the [module documentation](self).
 #[derive(Debug, Default)]
 pub(crate) struct MetadataGuard {
-    /// Host offsets of the L2 tables the active L1 table names.
-    active_l2: HashSet<u64>,
+    /// Host offsets of the L2 tables the active L1 table names, with how
+    /// many entries name each (a damaged L1 table may name one twice).
+    active_l2: HashMap<u64, u32>,
     /// Structures read at open that the engine never moves.
     fixed: Vec<Span>,
 }
@@ -70,7 +71,7 @@ impl MetadataGuard {
             }
         }
         let mut guard = Self {
-            active_l2: HashSet::new(),
+            active_l2: HashMap::new(),
             fixed,
         };
         guard.reset_l1(l1);
@@ -79,27 +80,32 @@ impl MetadataGuard {
 
     /// Follows a change of one active L1 entry.
     pub fn l1_changed(&mut self, old: u64, new: u64) {
-        if old & L1_OFFSET_MASK != 0 {
-            self.active_l2.remove(&(old & L1_OFFSET_MASK));
+        let (old, new) = (old & L1_OFFSET_MASK, new & L1_OFFSET_MASK);
+        if old != 0 {
+            if let Some(n) = self.active_l2.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.active_l2.remove(&old);
+                }
+            }
         }
-        if new & L1_OFFSET_MASK != 0 {
-            self.active_l2.insert(new & L1_OFFSET_MASK);
+        if new != 0 {
+            *self.active_l2.entry(new).or_insert(0) += 1;
         }
     }
 
     /// Follows a new active L1 table.
     pub fn reset_l1(&mut self, l1: &[u64]) {
-        self.active_l2 = l1
-            .iter()
-            .map(|raw| raw & L1_OFFSET_MASK)
-            .filter(|&offset| offset != 0)
-            .collect();
+        self.active_l2.clear();
+        for &raw in l1 {
+            self.l1_changed(0, raw);
+        }
     }
 
     /// The structure the cluster at `start` (of `cluster_size` bytes)
     /// overlaps, if any.
     pub fn overlap(&self, start: u64, cluster_size: u64) -> Option<&'static str> {
-        if self.active_l2.contains(&start) {
+        if self.active_l2.contains_key(&start) {
             return Some("an active L2 table");
         }
         let end = start.saturating_add(cluster_size);
