@@ -140,6 +140,10 @@ pub(super) fn cases() -> Vec<NegativeCase> {
         case(BMP_NAME, "name of 1024 bytes", |i| {
             rewrite_directory(i, |entries| entries[1].name = vec![b'n'; 1024])
         }),
+        case(BMP_NAME, "name terminated by a NUL byte", |i| {
+            rewrite_directory(i, |entries| entries[1].name.push(0))
+        })
+        .saying(&["NUL"]),
         case(BMP_NAME, "two bitmaps with one name", |i| {
             let (_, entries) = bitmaps(i)?;
             let first = entries.first().ok_or("no bitmap")?.name.clone();

@@ -270,6 +270,17 @@ pub fn check_entries(entries: &[BitmapEntry], geo: ClusterGeometry, size: u64) -
                 },
             ));
         }
+        if e.name.last() == Some(&0) {
+            out.push(FormatError::new(
+                rules::BMP_NAME,
+                e.at + 24 + e.extra_data.len() as u64 + e.name.len() as u64 - 1,
+                ErrorKind::Malformed {
+                    field: "bitmap name",
+                    reason: "the name ends with a NUL byte (names are not NUL terminated)"
+                        .to_string(),
+                },
+            ));
+        }
         if !names.insert(e.name.as_slice()) {
             out.push(FormatError::new(
                 rules::BMP_NAME,
