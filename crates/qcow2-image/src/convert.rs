@@ -133,17 +133,9 @@ impl Image {
                 what: "compressed writes with this image's codec".into(),
             });
         }
-        match options.threads {
-            None => self.run_pipeline(source, options, progress, find_repeats),
-            Some(n) => rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .build()
-                .map_err(|e| ImageError::InvalidArgument {
-                    what: "threads",
-                    reason: e.to_string(),
-                })?
-                .install(|| self.run_pipeline(source, options, progress, find_repeats)),
-        }
+        with_threads(options.threads, || {
+            self.run_pipeline(source, options, progress, find_repeats)
+        })
     }
 
     fn run_pipeline(
@@ -397,6 +389,24 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether any part of the range may hold non-zero bytes.
+/// Runs `work` on rayon's global pool, or on a pool of `threads` workers.
+pub(crate) fn with_threads<T: Send>(
+    threads: Option<usize>,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    match threads {
+        None => work(),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .map_err(|e| ImageError::InvalidArgument {
+                what: "threads",
+                reason: e.to_string(),
+            })?
+            .install(work),
+    }
+}
+
 pub(crate) fn has_data(source: &dyn BackingSource, start: u64, len: u64) -> Result<bool> {
     Ok(source
         .block_status(start, len)?

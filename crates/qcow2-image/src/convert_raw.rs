@@ -13,7 +13,7 @@ use qcow2_dedup::is_zero;
 use qcow2_io::{Storage, WriteKind};
 
 use crate::backing::BackingSource;
-use crate::convert::{has_data, ConvertOptions, ConvertStats};
+use crate::convert::{has_data, with_threads, ConvertOptions, ConvertStats};
 use crate::error::{ImageError, Result};
 
 /// Source bytes one worker reads at a time.
@@ -38,18 +38,7 @@ pub fn convert_to_raw(
             reason: "a raw destination cannot hold compressed clusters".into(),
         });
     }
-    let mut run = move || copy_all(source, dst, progress);
-    match options.threads {
-        None => run(),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map_err(|e| ImageError::InvalidArgument {
-                what: "threads",
-                reason: e.to_string(),
-            })?
-            .install(run),
-    }
+    with_threads(options.threads, move || copy_all(source, dst, progress))
 }
 
 fn copy_all(
