@@ -354,6 +354,9 @@ impl Image {
         }
         let result = op(meta);
         if let Err(e) = &result {
+            // What a failed operation copied is not settled later: its
+            // buffers may be stale by then.
+            meta.cow_results.clear();
             let harmless = matches!(
                 e,
                 ImageError::OutOfBounds { .. } | ImageError::InvalidArgument { .. }

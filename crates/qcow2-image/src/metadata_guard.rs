@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use qcow2_format::extensions::Extension;
+use qcow2_format::features::AUTOCLEAR_BITMAPS;
 use qcow2_format::tables::l1::{L1_ENTRY_SIZE, L1_OFFSET_MASK};
 use qcow2_format::HeaderArea;
 use qcow2_io::Storage;
@@ -61,7 +62,10 @@ impl MetadataGuard {
                 "a snapshot's L1 table",
             );
         }
-        for ext in &area.chain.extensions {
+        // With autoclear bit 0 clear the directory is not in use (QEMU and
+        // our check treat its clusters as free).
+        let bitmaps_in_use = h.autoclear_features & AUTOCLEAR_BITMAPS != 0;
+        for ext in area.chain.extensions.iter().filter(|_| bitmaps_in_use) {
             if let Extension::Bitmaps(b) = ext {
                 add(
                     b.bitmap_directory_offset.get(),

@@ -39,12 +39,18 @@ impl Image {
 
     fn change_range(&self, offset: u64, len: u64, mode: Mode) -> Result<()> {
         self.check_writable()?;
-        let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
-        let mut meta = self.lock_meta();
-        self.check_range(offset, len, meta.size())?;
-        self.guarded(&mut meta, |meta| {
-            self.change_locked(meta, offset, len, mode)
-        })
+        let cow = {
+            let _exclusive = self.io.write().unwrap_or_else(PoisonError::into_inner);
+            let mut meta = self.lock_meta();
+            self.check_range(offset, len, meta.size())?;
+            self.guarded(&mut meta, |meta| {
+                self.change_locked(meta, offset, len, mode)
+            })?;
+            // Edges written as zero bytes copied clusters: settle them now,
+            // as a write does, so no later write settles them stale.
+            std::mem::take(&mut meta.cow_results)
+        };
+        self.settle_cow(cow)
     }
 
     /// Zeroes a range with both locks held, freeing whole clusters.
