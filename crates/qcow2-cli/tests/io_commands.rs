@@ -49,21 +49,7 @@ impl Model {
 }
 
 fn run_batch(dir: &Path, file: &str, commands: &[String], ours: bool) {
-    let mut args = Vec::new();
-    if ours {
-        args.push("io");
-    }
-    for c in commands {
-        args.extend(["-c", c.as_str()]);
-    }
-    args.push(file);
-    let out = if ours {
-        qcow2(dir, &args)
-    } else {
-        qemu_io(dir, &args)
-    };
-    let who = if ours { "qcow2 io" } else { "qemu-io" };
-    let text = ok(&format!("{who} {commands:?}"), &out);
+    let (who, text) = io_batch(dir, file, commands, ours);
     let wrote = commands.iter().filter(|c| c.starts_with("write")).count();
     assert_eq!(
         text.lines().filter(|l| l.starts_with("wrote ")).count(),

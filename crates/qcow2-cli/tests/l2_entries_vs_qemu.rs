@@ -157,20 +157,7 @@ fn random_commands(seed: u64, cs: u64, size: u64) -> Vec<String> {
 }
 
 fn run_all(dir: &Path, file: &str, commands: &[String], ours: bool) {
-    let mut args = Vec::new();
-    if ours {
-        args.push("io");
-    }
-    for c in commands {
-        args.extend(["-c", c.as_str()]);
-    }
-    args.push(file);
-    let out = if ours {
-        qcow2(dir, &args)
-    } else {
-        qemu_io(dir, &args)
-    };
-    ok(if ours { "qcow2 io" } else { "qemu-io" }, &out);
+    io_batch(dir, file, commands, ours);
 }
 
 /// Runs `commands` both ways on copies of one fresh image and compares.

@@ -33,6 +33,25 @@ pub fn qemu_io(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Stdout of a run that must succeed.
+/// Runs `commands` on `file` in one `qcow2 io` (`ours`) or `qemu-io`
+/// process, which must succeed; returns the tool's name and its stdout.
+pub fn io_batch(dir: &Path, file: &str, commands: &[String], ours: bool) -> (&'static str, String) {
+    let mut args = Vec::new();
+    if ours {
+        args.push("io");
+    }
+    for c in commands {
+        args.extend(["-c", c.as_str()]);
+    }
+    args.push(file);
+    let (who, out) = if ours {
+        ("qcow2 io", qcow2(dir, &args))
+    } else {
+        ("qemu-io", qemu_io(dir, &args))
+    };
+    (who, ok(&format!("{who} {commands:?}"), &out))
+}
+
 pub fn ok(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
