@@ -422,11 +422,16 @@ impl Meta {
         let Some(state) = self.dedup.as_mut() else {
             return Ok(());
         };
-        let pending = std::mem::take(&mut state.pending);
+        let pending: Vec<(u64, u64)> = state.pending.iter().map(|(&p, &n)| (p, n)).collect();
         for (p, n) in pending {
             let pc = ClusterIndex(p);
             if self.refcounts.get(storage, pc)? <= n {
                 self.dedup_unindex(storage, pc)?;
+            }
+            // Only once handled: a read failure above leaves the rest
+            // queued for the next flush, so no dying entry is forgotten.
+            if let Some(state) = self.dedup.as_mut() {
+                state.pending.remove(&p);
             }
         }
         self.write_dedup_clears(storage)

@@ -1,6 +1,7 @@
 //! Regression tests for bugs found in review: a refcount table moved while
 //! creating, a failed eviction during a read, refcount block durability,
-//! and grown space over a longer backing file.
+//! grown space over a longer backing file, and a zero write's copy indexed
+//! after a later write had changed it.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -184,4 +185,40 @@ fn grow_over_longer_backing_reads_zeros() {
     let mut buf = vec![0u8; 1 << 20];
     image.read_at(&mut buf, 1 << 20).unwrap();
     assert!(buf.iter().all(|&b| b == 0), "grown area shows backing data");
+}
+
+/// Finding 5: a zero write that copies part of a cluster from the backing
+/// file left its copy-on-write result queued; the next write settled it
+/// after an in-place write had changed the cluster, so the dedup table
+/// named the cluster with the digest of its old content and a later write
+/// of that content was mapped to other data.
+#[test]
+fn a_zero_write_copy_is_indexed_before_later_writes_change_it() {
+    const CS: u64 = 65536;
+    let backing_bytes: Vec<u8> = (0..4 * CS).map(|i| (i % 251) as u8 + 1).collect();
+    let backing_store = Arc::new(MemoryStorage::from_bytes(backing_bytes.clone()));
+    let backing = Arc::new(RawBacking::new(backing_store).unwrap());
+    let mut options = CreateOptions::new(4 * CS);
+    options.backing_file = Some("b.raw".into());
+    options.backing_format = Some("raw".into());
+    options.dedup = true;
+    let storage = Arc::new(MemoryStorage::new());
+    let image = Image::create(storage, &options, BackingMode::Provided(backing)).unwrap();
+    // Cluster 0 is copied from the backing file with its first 512 bytes
+    // zeroed: the copy's content is `copied`.
+    image.write_zeroes(0, 512, false).unwrap();
+    let mut copied = backing_bytes[..CS as usize].to_vec();
+    copied[..512].fill(0);
+    // In place: cluster 0 no longer holds `copied`.
+    image.write_at(&[0xee; 100], 1000).unwrap();
+    let mut now = copied.clone();
+    now[1000..1100].fill(0xee);
+    // A whole-cluster write of `copied` elsewhere must store it, not map
+    // cluster 2 to cluster 0's host cluster.
+    image.write_at(&copied, 2 * CS).unwrap();
+    let mut got = vec![0u8; CS as usize];
+    image.read_at(&mut got, 2 * CS).unwrap();
+    assert!(got == copied, "cluster 2 reads other data than was written");
+    image.read_at(&mut got, 0).unwrap();
+    assert!(got == now, "cluster 0 changed");
 }

@@ -73,10 +73,12 @@ fn pattern(len: u64, seed: u8) -> Vec<u8> {
 
 /// An image with data under every L2 table and a compressed cluster,
 /// flushed and closed: every table and refcount block must be loaded again.
-fn prepared() -> Vec<u8> {
+/// With `dedup`, writes are deduplicated (the seed extension).
+fn prepared(dedup: bool) -> Vec<u8> {
     let storage = Arc::new(MemoryStorage::new());
     let mut options = CreateOptions::new(SIZE);
     options.cluster_size = CS;
+    options.dedup = dedup;
     let image = Image::create(storage.clone(), &options, BackingMode::Ignore).unwrap();
     for t in 0..SIZE / TABLE_SPAN {
         image
@@ -104,7 +106,9 @@ fn prepared_disk() -> Vec<u8> {
 
 /// Operations over every table: in-place and fresh writes, partial
 /// clusters, a write over the compressed cluster, compressed writes, zero
-/// writes, discards and reads, with flushes between.
+/// writes, discards and reads, with flushes between. Some whole-cluster
+/// writes repeat one content in every table, so a deduplicated image shares
+/// clusters that later writes copy and release.
 fn workload() -> Vec<Op> {
     let mut rng = Rng::new(26);
     let mut ops = Vec::new();
@@ -142,6 +146,13 @@ fn workload() -> Vec<Op> {
                 offset: 3 * TABLE_SPAN + (512 << 10) + 100,
                 len: 300,
                 seed: 7,
+            },
+            // Over the clusters zero writes, discards and partial writes
+            // of other steps touch.
+            6 | 7 if step % 3 == 0 => Op::Write {
+                offset: base + 8 * CS,
+                len: 12 * CS,
+                seed: 1,
             },
             _ => Op::Flush,
         };
@@ -290,11 +301,20 @@ fn verify(storage: &FaultStorage<MemoryStorage>, want: &Expected, what: &str) {
         "{what}: qemu-img check: {}",
         String::from_utf8_lossy(&qemu.stdout)
     );
-    let image = Image::open(
-        Arc::new(MemoryStorage::from_bytes(bytes)),
-        OpenOptions::default(),
-    )
-    .unwrap();
+    let memory = MemoryStorage::from_bytes(bytes);
+    let area = qcow2_image::read_header_area(&memory).unwrap();
+    if area.dedup().is_some() {
+        // DD-LIVE and DD-DIGEST: a failed flush must not leave an entry
+        // for a freed cluster or for other data.
+        let v = qcow2_dedup::verify(&memory, &area).unwrap();
+        let bad: Vec<_> = v
+            .findings
+            .iter()
+            .filter(|f| f.severity == qcow2_dedup::Severity::Corruption)
+            .collect();
+        assert!(bad.is_empty(), "{what}: dedup table: {bad:#?}");
+    }
+    let image = Image::open(Arc::new(memory), OpenOptions::default()).unwrap();
     let mut got = vec![0u8; SIZE as usize];
     image.read_at(&mut got, 0).unwrap();
     assert!(
@@ -305,7 +325,16 @@ fn verify(storage: &FaultStorage<MemoryStorage>, want: &Expected, what: &str) {
 
 #[test]
 fn transient_read_errors_fail_one_operation() {
-    let bytes = prepared();
+    read_faults(false);
+}
+
+#[test]
+fn transient_read_errors_on_a_deduplicated_image() {
+    read_faults(true);
+}
+
+fn read_faults(dedup: bool) {
+    let bytes = prepared(dedup);
     let (clean, want) = run_with(&bytes, None).unwrap();
     verify(&clean, &want, "no fault");
     let reads = clean.reads();
@@ -325,7 +354,16 @@ fn transient_read_errors_fail_one_operation() {
 
 #[test]
 fn transient_write_and_flush_errors_leave_leaks_at_most() {
-    let bytes = prepared();
+    write_faults(false);
+}
+
+#[test]
+fn transient_write_and_flush_errors_on_a_deduplicated_image() {
+    write_faults(true);
+}
+
+fn write_faults(dedup: bool) {
+    let bytes = prepared(dedup);
     let (clean, _) = run_with(&bytes, None).unwrap();
     let mut faults = Vec::new();
     for kind in WriteKind::ALL {
@@ -352,5 +390,68 @@ fn transient_write_and_flush_errors_leave_leaks_at_most() {
         fired,
         faults.len(),
         "every fault fires in the same workload"
+    );
+}
+
+/// A read error inside the flush step that clears the dedup entries of
+/// dying clusters: the next flush must still clear every one of them, or
+/// the table keeps an entry for a freed cluster (DD-LIVE).
+#[test]
+fn a_read_fault_while_clearing_dying_dedup_entries_loses_none() {
+    // Clusters far apart, so their entries sit in several level-2 dedup
+    // clusters that a fresh open reads on demand.
+    let clusters: Vec<u64> = (0..8).map(|k| k * (SIZE / CS / 8) + 5).collect();
+    let storage = Arc::new(MemoryStorage::new());
+    let mut options = CreateOptions::new(SIZE);
+    options.cluster_size = CS;
+    options.dedup = true;
+    let image = Image::create(storage.clone(), &options, BackingMode::Ignore).unwrap();
+    for (k, &c) in clusters.iter().enumerate() {
+        image.write_at(&pattern(CS, k as u8), c * CS).unwrap();
+    }
+    image.close().unwrap();
+    let bytes = storage.to_vec();
+    let discard_all = |image: &Image| {
+        for &c in &clusters {
+            image.discard(c * CS, CS).unwrap();
+        }
+    };
+    let clean = Arc::new(FaultStorage::new(MemoryStorage::from_bytes(bytes.clone())));
+    let image = Image::open(clean.clone() as Arc<dyn Storage>, writable()).unwrap();
+    discard_all(&image);
+    let before = clean.reads();
+    image.close().unwrap();
+    let flush_reads = clean.reads() - before;
+    assert!(flush_reads > 0, "the flush reads dedup table clusters");
+    let mut fired = 0;
+    for n in 1..=flush_reads {
+        let storage = Arc::new(FaultStorage::new(MemoryStorage::from_bytes(bytes.clone())));
+        let image = Image::open(storage.clone() as Arc<dyn Storage>, writable()).unwrap();
+        discard_all(&image);
+        storage.arm(Fault::fail_read(n).once());
+        let first = image.flush();
+        fired += u64::from(storage.fired());
+        assert_eq!(first.is_err(), storage.fired(), "read {n}: {first:?}");
+        image
+            .close()
+            .unwrap_or_else(|e| panic!("read {n}: the flush after the fault: {e}"));
+        let memory = MemoryStorage::from_bytes(storage.inner().to_vec());
+        let area = qcow2_image::read_header_area(&memory).unwrap();
+        let v = qcow2_dedup::verify(&memory, &area).unwrap();
+        assert!(
+            v.findings
+                .iter()
+                .all(|f| f.severity != qcow2_dedup::Severity::Corruption),
+            "read {n}: {:#?}",
+            v.findings
+        );
+        assert_eq!(
+            v.stats.indexed_clusters, 0,
+            "read {n}: entries of freed clusters"
+        );
+    }
+    assert_eq!(
+        fired, flush_reads,
+        "every read of the flush was failed once"
     );
 }
