@@ -458,6 +458,25 @@ fn more_cases() -> Vec<NegativeCase> {
             })
         }),
         case(
+            L2_ENTRY,
+            "external data file cluster away from its guest offset",
+            |i| {
+                raw(i, "data-file-raw", |b| {
+                    let cs = area(b)?.header.geometry().map_err(|e| e.to_string())?;
+                    let cs = cs.cluster_size();
+                    let l1 = area(b)?.header.l1_table_offset.get() as usize;
+                    let l2 = (get_u64(b, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+                    let e = get_u64(b, l2 + 8);
+                    if e & 0x00ff_ffff_ffff_fe00 != cs {
+                        return Err("guest cluster 1 is not at data file offset 1".into());
+                    }
+                    // Guest cluster 1 claims the data file's cluster 2.
+                    put_u64(b, l2 + 8, (e & !0x00ff_ffff_ffff_fe00) | (2 * cs));
+                    Ok(())
+                })
+            },
+        ),
+        case(
             EXT_BITMAPS,
             "bitmaps extension of 16 bytes, autoclear bit 0 clear",
             |i| {

@@ -23,7 +23,7 @@ const WINDOW_BYTES_PER_WORKER: u64 = 2 << 20;
 const RUN_ALIGN: u64 = 1 << 20;
 /// Source bytes between two write-back hints: the disk then works while
 /// the workers compress, instead of all at the final flush.
-const WRITEBACK_EVERY: u64 = 32 << 20;
+pub(crate) const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// How [`Image::convert_from`] copies.
 #[derive(Clone, Debug, Default)]

@@ -13,13 +13,21 @@ use qcow2_dedup::is_zero;
 use qcow2_io::{Storage, WriteKind};
 
 use crate::backing::BackingSource;
-use crate::convert::{has_data, with_threads, ConvertOptions, ConvertStats};
+use crate::convert::{has_data, with_threads, ConvertOptions, ConvertStats, WRITEBACK_EVERY};
 use crate::error::{ImageError, Result};
 
 /// Source bytes one worker reads at a time.
 const CHUNK: u64 = 2 << 20;
 /// Zero detection granularity (qemu-img's default `-S 4k`).
 const UNIT: u64 = 4096;
+
+/// What the workers report back, under one lock.
+struct Done<'a> {
+    bytes: u64,
+    /// `bytes` when write-back was last started.
+    hinted: u64,
+    progress: &'a mut (dyn FnMut(u64) + Send),
+}
 
 /// Copies every non-zero 4 KiB unit of `source` into `dst`, a raw file of
 /// at least the source's size that reads as zeros (a new or truncated
@@ -51,16 +59,26 @@ fn copy_all(
     // Workers take chunks as they free up (no round waits for its slowest
     // chunk); the bytes done are counted under the lock that calls
     // `progress`, so it sees them grow.
-    let done = Mutex::new((0u64, progress));
+    let done = Mutex::new(Done {
+        bytes: 0,
+        hinted: 0,
+        progress,
+    });
     let counts = chunks
         .par_iter()
         .map(|&start| {
             let len = CHUNK.min(size - start);
             let counts = copy_chunk(source, dst, start, len)?;
             let mut guard = done.lock().unwrap_or_else(PoisonError::into_inner);
-            guard.0 += len;
-            let bytes = guard.0;
-            (guard.1)(bytes);
+            guard.bytes += len;
+            let bytes = guard.bytes;
+            (guard.progress)(bytes);
+            if bytes - guard.hinted >= WRITEBACK_EVERY {
+                // The disk writes while the workers decompress, instead of
+                // all at the final flush; only a hint, so errors are moot.
+                guard.hinted = bytes;
+                let _ = dst.start_writeback();
+            }
             Ok(counts)
         })
         .collect::<Result<Vec<(u64, u64)>>>()?;

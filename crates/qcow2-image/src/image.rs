@@ -29,15 +29,17 @@ const L2_CACHE_BYTES: u64 = 32 << 20;
 /// An open qcow2 image.
 ///
 /// `Image` is `Send + Sync`: reads from many threads run at once (the
-/// metadata lock is held only to look up mappings, never during data I/O);
-/// writes are serialized. Changes reach the file in an order that keeps it
+/// metadata lock is held only to look up mappings, never during data I/O),
+/// and so do writes that only replace bytes of allocated private clusters;
+/// writes that allocate, copy or free clusters are serialized. Changes reach the file in an order that keeps it
 /// consistent after a crash at any point (at worst leaked clusters);
 /// [`Image::flush`] makes them durable.
 pub struct Image {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) meta: Mutex<Meta>,
-    /// Readers share it; writers take it alone, so a reader never sees a
-    /// cluster freed and reused under its plan.
+    /// Readers and writes that change no metadata share it; every other
+    /// write takes it alone, so no reader or shared write meets a cluster
+    /// freed and reused under its plan.
     pub(crate) io: RwLock<()>,
     pub(crate) backing: Option<Arc<dyn BackingSource>>,
     pub(crate) codec: Option<Arc<dyn Codec>>,

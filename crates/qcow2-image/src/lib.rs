@@ -34,6 +34,7 @@ mod resize;
 mod snapshot_table;
 mod status;
 mod write;
+mod write_shared;
 mod zero;
 
 pub use amend::{AmendOptions, AmendReport, Compat};

@@ -97,9 +97,16 @@ impl Meta {
     /// header, so a hostile L1 entry cannot make us read or later overwrite
     /// the wrong place.
     fn check_table_offset(&self, storage: &dyn Storage, offset: HostOffset) -> Result<()> {
-        let len = storage
-            .len()
-            .map_err(|e| ImageError::io("reading the file length", 0, e))?;
+        // Every L2 load asks: the tracked end spares a system call per
+        // load; the file may have grown past it (tables allocated by
+        // another structure's writer), so only a miss asks the file.
+        let len = if offset.get() < self.file_end {
+            self.file_end
+        } else {
+            storage
+                .len()
+                .map_err(|e| ImageError::io("reading the file length", 0, e))?
+        };
         // A table that starts inside the file is read (a short tail reads
         // as zeros, as QEMU reads it); one wholly outside is refused.
         if offset.get() == 0 || offset.get() >= len {

@@ -18,12 +18,19 @@ use crate::plan;
 impl Image {
     /// Writes `data` at guest `offset`.
     ///
+    /// A write that only replaces bytes of allocated private clusters runs
+    /// alongside reads and other such writes; one that allocates, copies
+    /// or frees clusters runs alone.
+    ///
     /// On a deduplicated image, whole clusters are hashed before any lock
     /// is taken; a cluster whose content is already stored is mapped to
     /// that copy instead of being written, and all-zero clusters become
     /// zero clusters.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         self.check_writable()?;
+        if self.try_write_shared(data, offset)? {
+            return Ok(());
+        }
         let hashed = self.hash_for_write(data, offset);
         self.write_hashed(data, offset, hashed.as_ref())
     }
@@ -124,7 +131,7 @@ impl Image {
         Ok(Some(host))
     }
 
-    fn write_data(&self, data: &[u8], host: u64) -> Result<()> {
+    pub(crate) fn write_data(&self, data: &[u8], host: u64) -> Result<()> {
         self.storage
             .write_at(data, host, WriteKind::Data)
             .map_err(|e| ImageError::io("writing guest data", host, e))

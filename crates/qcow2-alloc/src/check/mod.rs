@@ -18,6 +18,7 @@
 mod bitmaps;
 mod compare;
 mod copied;
+mod data_file;
 pub(crate) mod engine;
 mod error;
 mod extra;

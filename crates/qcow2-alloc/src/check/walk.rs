@@ -97,6 +97,7 @@ pub(crate) fn walk(
     }
     bitmaps::count(img, &mut counter)?;
     extra::count(img, &mut counter, extra)?;
+    super::data_file::guest_identity(img, counter.report)?;
     let health = if refcount_structures {
         refblocks::count_blocks(img, &mut counter)?
     } else {
