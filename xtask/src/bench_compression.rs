@@ -11,7 +11,10 @@
 //! 2. For each type, one image made by `qemu-img convert -c` is converted
 //!    back to raw by both tools (`qemu-img convert -W`), same method; both
 //!    outputs must equal the disk.
-//! 3. A level trade-off table of our seed compress formats
+//! 3. The codec limit (`codec_limit.rs`): the codec alone on the disk's
+//!    non-zero clusters, CPU time over cores, measured by a release build
+//!    of the xtask; our convert is reported as a share of it.
+//! 4. A level trade-off table of our seed compress formats
 //!    (`--compress-format NAME:LEVEL`, which QEMU cannot read), one run per
 //!    level, verified with our own `qcow2 check` and `qcow2 compare`.
 //!
@@ -30,6 +33,7 @@
 //! `--rss time|proc` how peak RSS is taken (default `time`, i.e.
 //! `/usr/bin/time -f %M`, when that exists, else `proc`: polling `VmHWM`).
 
+pub(crate) mod codec_limit;
 mod decompress;
 pub(crate) mod report;
 
@@ -447,8 +451,9 @@ pub(crate) fn splice_section(text: &str, heading: &str, section: &str) -> String
 
 // ------------------------------------------------------------------ main
 
+/// Builds the CLI, and the xtask that measures the codec limit, in release.
 fn build_cli(root: &Path, target: &Path) -> Result<PathBuf, String> {
-    build_release(root, &["qcow2-cli"])?;
+    build_release(root, &["qcow2-cli", "xtask"])?;
     Ok(target.join("release").join("qcow2"))
 }
 
@@ -495,16 +500,22 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             opts.reps
         );
         let decompress = decompress::run(&bench, &qcow2, opts.reps)?;
+        let xtask = target.join("release").join("xtask");
+        let mut limits = Vec::new();
+        for kind in TYPES {
+            println!("codec limit: {kind} alone on the disk's non-zero clusters");
+            limits.push((kind, codec_limit::measure_in_release(&xtask, &raw, kind)?));
+        }
         let levels = if opts.tradeoff {
             println!("trade-off: one run per level");
             tradeoff(&bench, &qcow2, opts.budget)?
         } else {
             Vec::new()
         };
-        Ok((rows, levels, decompress))
+        Ok((rows, levels, decompress, limits))
     });
     let _ = fs::remove_dir_all(&work);
-    let (rows, levels, decompress) = result?;
+    let (rows, levels, decompress, limits) = result?;
 
     let report = report::Report {
         machine: machine(),
@@ -515,6 +526,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         rows,
         levels,
         decompress,
+        limits,
     };
     let section = wrap_markdown(&report.section());
     println!("\n{section}");

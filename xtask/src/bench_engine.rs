@@ -18,7 +18,15 @@
 //! `--ops N` reads per measurement (default: one pass over the disk),
 //! `--doc yes|no` whether to replace the Engine section of
 //! `docs/benchmarks.md` (default: yes for the full 2048 MiB disk only),
-//! `--only convert|reads` one part alone (for profiling; no doc).
+//! `--only convert|reads|writes|cold` one part alone (for profiling; no
+//! doc unless `--doc yes` with `writes` or `cold`, whose sections stand
+//! alone).
+//! 3. Guest writes (`writes.rs`): 4 KiB and 64 KiB into allocated and into
+//!    fresh clusters with 1 and 2 threads, against `qemu-img bench -w` at
+//!    depth 1 and 2 and plain pwrite; its own section of the doc.
+//! 4. Cold-metadata reads (`cold_reads.rs`): 4 KiB reads over a 1 TiB
+//!    sparse image whose L2 tables do not fit the cache, against
+//!    `qemu-img bench`; its own section.
 
 pub(crate) mod corpus;
 
@@ -53,7 +61,7 @@ struct Options {
     reps: usize,
     ops: Option<u64>,
     doc: Option<bool>,
-    /// Run only the convert or only the read part (never writes the doc).
+    /// Run one part alone (writes the doc only for `writes` with `--doc yes`).
     only: Option<Part>,
 }
 
@@ -61,6 +69,8 @@ struct Options {
 enum Part {
     Convert,
     Reads,
+    Writes,
+    Cold,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -90,12 +100,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 opts.only = Some(match value.as_str() {
                     "convert" => Part::Convert,
                     "reads" => Part::Reads,
-                    _ => return Err("--only takes convert or reads".into()),
+                    "writes" => Part::Writes,
+                    "cold" => Part::Cold,
+                    _ => return Err("--only takes convert, reads, writes or cold".into()),
                 })
             }
             _ => {
                 return Err(format!(
-                    "unknown option {flag}; try --size-mib, --reps, --ops, --doc, --only"
+                    "unknown option {flag}; try --size-mib, --reps, --ops, --doc, --only (convert, reads, writes or cold)"
                 ))
             }
         }
@@ -159,9 +171,11 @@ pub(crate) fn median(times: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+mod cold_reads;
 mod convert_run;
-mod reads;
+pub(crate) mod reads;
 mod report;
+mod writes;
 
 pub(crate) use convert_run::verify_convert;
 use convert_run::*;
@@ -304,6 +318,24 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let root = workspace_root();
     let target = target_dir(&root);
     let corpus_dir = target.join("bench-corpus");
+    let quick_writes = opts.size_mib < FULL_SIZE_MIB;
+    if matches!(opts.only, Some(Part::Writes | Part::Cold)) {
+        fs::create_dir_all(&corpus_dir).map_err(|e| format!("{}: {e}", corpus_dir.display()))?;
+        let section = if opts.only == Some(Part::Writes) {
+            let rows = writes::writes_part(&corpus_dir, opts.reps, quick_writes)?;
+            writes::writes_section(&rows, &machine(), opts.reps)
+        } else {
+            let row = cold_reads::cold_part(&corpus_dir, opts.reps, quick_writes)?;
+            cold_reads::cold_section(&row, &machine(), opts.reps)
+        };
+        let section = wrap_markdown(&section);
+        println!("\n{section}");
+        if opts.doc == Some(true) {
+            write_doc(&root, &section)?;
+            println!("wrote its section of docs/benchmarks.md");
+        }
+        return Ok(());
+    }
     let raw = corpus::ensure(&corpus_dir, opts.size_mib)?;
     let raw_size = fs::metadata(&raw).map_err(|e| e.to_string())?.len();
 
@@ -348,12 +380,28 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         );
         return Ok(());
     }
+    println!("writes: {} runs per measurement", opts.reps);
+    let writes = writes::writes_part(&work, opts.reps, quick_writes)?;
+    println!("cold-metadata reads: {} runs per measurement", opts.reps);
+    let cold_row = cold_reads::cold_part(&corpus_dir, opts.reps, quick_writes)?;
     let section = wrap_markdown(&report.section());
-    println!("\n{section}");
+    let writes_section =
+        wrap_markdown(&writes::writes_section(&writes, &report.machine, opts.reps));
+    let cold_section = wrap_markdown(&cold_reads::cold_section(
+        &cold_row,
+        &report.machine,
+        opts.reps,
+    ));
+    println!("\n{section}\n{writes_section}\n{cold_section}");
     let write = opts.doc.unwrap_or(opts.size_mib == FULL_SIZE_MIB);
     if write {
-        write_doc(&root, &section)?;
-        println!("wrote the Engine section of docs/benchmarks.md");
+        for s in [&section, &writes_section, &cold_section] {
+            write_doc(&root, s)?;
+        }
+        println!(
+            "wrote the Engine, Guest writes and Cold-metadata reads sections of \
+             docs/benchmarks.md"
+        );
     } else {
         println!("docs/benchmarks.md not updated (smaller disk; pass --doc yes to force)");
     }
@@ -362,27 +410,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{replace_section, wrap_markdown};
-
-    #[test]
-    fn the_engine_section_is_appended_then_replaced_in_place() {
-        let page = "# Benchmarks\n\n## Codecs\n\ntext\n";
-        let once = replace_section(page, "## Engine\n\nold\n");
-        assert_eq!(
-            once,
-            "# Benchmarks\n\n## Codecs\n\ntext\n\n## Engine\n\nold\n"
-        );
-        let twice = replace_section(&once, "## Engine\n\nnew\n");
-        assert_eq!(
-            twice,
-            "# Benchmarks\n\n## Codecs\n\ntext\n\n## Engine\n\nnew\n"
-        );
-        let later = format!("{once}\n## Later\n\nkept\n");
-        assert_eq!(
-            replace_section(&later, "## Engine\n\nnew\n"),
-            "# Benchmarks\n\n## Codecs\n\ntext\n\n## Engine\n\nnew\n\n## Later\n\nkept\n"
-        );
-    }
+    use super::wrap_markdown;
 
     #[test]
     fn prose_wraps_and_tables_do_not() {

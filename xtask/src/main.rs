@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             Some("engine") => bench_engine::run(&args[2..]),
             Some("compression") => bench_compression::run(&args[2..]),
             Some("dedup") => bench_dedup::run(&args[2..]),
+            // Started by `bench compression` (a release build measures).
+            Some("codec-limit") => bench_compression::codec_limit::run_child(&args[2..]),
             other => Err(format!(
                 "unknown bench {other:?}; available: codecs, engine, compression, dedup"
             )),

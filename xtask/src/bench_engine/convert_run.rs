@@ -9,10 +9,12 @@ pub(crate) struct ConvertRow {
     /// Apparent size and allocated bytes of the output file.
     pub(crate) size: u64,
     pub(crate) allocated: u64,
+    /// Largest peak RSS over the runs, in KiB, when every run measured one.
+    pub(crate) rss_kib: Option<u64>,
 }
 
 /// Converts `raw` with each tool `reps` times, tools interleaved so load
-/// from elsewhere hits them alike. Each run starts from a cold page cache
+/// from elsewhere hits them alike, measuring each tool's peak RSS. Each run starts from a cold page cache
 /// when `cold`, else from a warm one; its time includes making the output
 /// durable (both tools fdatasync before exiting; an extra fsync after exit
 /// costs the same for both).
@@ -41,8 +43,14 @@ pub(crate) fn bench_convert(
             times: Vec::new(),
             size: 0,
             allocated: 0,
+            rss_kib: Some(0),
         })
         .collect();
+    let bench = crate::bench_compression::Bench {
+        raw,
+        work,
+        rss: crate::bench_compression::default_rss_probe(),
+    };
     for rep in 0..reps {
         for ((_, program, extra, _), row) in tools.iter().zip(&mut rows) {
             let _ = fs::remove_file(&row.output);
@@ -51,18 +59,16 @@ pub(crate) fn bench_convert(
             } else {
                 warm(raw)?;
             }
-            let start = Instant::now();
-            output(
+            let run = bench.timed(
                 Command::new(program)
                     .args(["convert", "-f", "raw", "-O", "qcow2"])
                     .args(extra.iter())
                     .arg(raw)
                     .arg(&row.output),
+                &row.output,
             )?;
-            File::open(&row.output)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("{}: {e}", row.output.display()))?;
-            let secs = start.elapsed().as_secs_f64();
+            let secs = run.secs;
+            row.rss_kib = crate::bench_compression::max_rss([row.rss_kib, run.rss_kib]);
             row.times.push(secs);
             eprintln!("  convert rep {}: {:<20} {secs:.2} s", rep + 1, row.label);
         }
