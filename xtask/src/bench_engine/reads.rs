@@ -210,6 +210,11 @@ pub(crate) fn qemu_reads(
             .args(["-s", &bs.to_string(), "-S", &step.to_string()])
             .arg(image),
     )?;
+    bench_time(&out)
+}
+
+/// The time `qemu-img bench` reports for its I/O loop.
+pub(crate) fn bench_time(out: &str) -> Result<f64, String> {
     out.split("Run completed in ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())

@@ -226,11 +226,7 @@ fn qemu(work: &Path, target: Target, bs: u64, ops: u64, depth: u32) -> Result<f6
             .args(["-s", &bs.to_string(), "-S", &target.step(bs).to_string()])
             .arg(&path),
     )?;
-    out.split("Run completed in ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|secs| secs.parse::<f64>().ok())
-        .ok_or_else(|| format!("cannot read the time in qemu-img bench output: {out}"))
+    bench_time(&out)
 }
 
 fn pwrite(work: &Path, target: Target, bs: u64, ops: u64, threads: u64) -> Result<f64, String> {
